@@ -1,0 +1,31 @@
+# Local development: everything installs into ./.venv.
+# The CPU build of torch is installed first (pinned below), so the package's own
+# open torch range is already satisfied and no CUDA build is downloaded.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/python examples/digits.py
+
+test: install
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check lightning_al examples tests
+
+lint: install
+	$(BIN)/ruff check lightning_al examples tests
+	$(BIN)/ruff format --check lightning_al examples tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
