@@ -1,0 +1,205 @@
+"""Active learning on scikit-learn's digits: Random vs LeastConfidence vs Margin vs Entropy.
+
+Runs every strategy over several seeds (in parallel over the CPU cores), then prints
+test accuracy against the number of labels, the labels each strategy needs to reach
+the target accuracy, and saves a learning-curve plot.
+
+    python examples/digits.py                      # the default protocol (3 seeds)
+    python examples/digits.py --seeds 1 --rounds 5 # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
+
+import lightning_al as al
+
+STRATEGIES = {
+    "Random": al.strategies.Random,
+    "LeastConfidence": al.strategies.LeastConfidence,
+    "Margin": al.strategies.Margin,
+    "Entropy": al.strategies.Entropy,
+}
+
+
+class DigitsMLP(pl.LightningModule):
+    """A small MLP with dropout for 8×8 digit images flattened to 64 features."""
+
+    def __init__(
+        self, hidden: int = 128, dropout: float = 0.25, lr: float = 1e-3, weight_decay: float = 1e-4
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(64, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def digits_splits(test_size: float = 0.33) -> tuple[TensorDataset, TensorDataset]:
+    """The 1,797 digits, scaled to [0, 1], split into a pool and a held-out test set (stratified, fixed)."""
+    x, y = load_digits(return_X_y=True)
+    x_pool, x_test, y_pool, y_test = train_test_split(
+        x / 16.0, y, test_size=test_size, random_state=0, stratify=y
+    )
+    as_set = lambda a, b: TensorDataset(torch.tensor(a, dtype=torch.float32), torch.tensor(b))  # noqa: E731
+    return as_set(x_pool, y_pool), as_set(x_test, y_test)
+
+
+def run_experiment(strategy: str, seed: int, args: argparse.Namespace, progress=None) -> list[dict]:
+    torch.set_num_threads(1)
+    pool, test = digits_splits()
+    datamodule = al.ActiveDataModule(
+        pool, test_set=test, initial_labelled=args.initial, batch_size=32, min_steps_per_epoch=4, seed=seed
+    )
+    pl.seed_everything(seed, verbose=False)
+    model = DigitsMLP()
+    loop = al.ActiveLearningLoop(
+        strategy=STRATEGIES[strategy](),
+        query_size=args.query_size,
+        rounds=args.rounds,
+        trainer_kwargs=dict(max_epochs=args.epochs, accelerator="cpu"),
+        seed=seed,
+        output_dir=str(Path(args.output) / f"{strategy}_seed{seed}"),
+    )
+    on_round_end = (lambda row: progress.put(1)) if progress is not None else None
+    return loop.run(model, datamodule, on_round_end=on_round_end)
+
+
+def labels_to_reach(history: list[dict], target: float) -> int | None:
+    """The first number of labels at which test accuracy reached ``target`` (None if never)."""
+    return next((row["num_labelled"] for row in history if row["test_accuracy"] >= target), None)
+
+
+def summarise(results: dict[str, list[list[dict]]], target: float) -> str:
+    """Markdown tables: mean test accuracy per label count, and labels needed to reach ``target``."""
+    names = list(results)
+    counts = [row["num_labelled"] for row in results[names[0]][0]]
+    lines = ["| labels | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, count in enumerate(counts):
+        accs = [statistics.mean(run[i]["test_accuracy"] for run in results[name]) for name in names]
+        lines.append(f"| {count} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    lines += [
+        "",
+        f"| strategy | labels to reach {target:.0%} test accuracy (mean ± std over seeds) | per seed |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        reached = [labels_to_reach(run, target) for run in results[name]]
+        if all(r is not None for r in reached):
+            spread = statistics.stdev(reached) if len(reached) > 1 else 0.0
+            cell = f"{statistics.mean(reached):.0f} ± {spread:.0f}"
+        else:
+            cell = f"not reached by some seeds (> {counts[-1]})"
+        lines.append(f"| {name} | {cell} | {reached} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[list[dict]]], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in results.items():
+        counts = torch.tensor([row["num_labelled"] for row in runs[0]], dtype=torch.float64)
+        accs = torch.tensor([[row["test_accuracy"] for row in run] for run in runs], dtype=torch.float64)
+        mean, std = accs.mean(0), accs.std(0) if len(runs) > 1 else torch.zeros_like(accs[0])
+        ax.plot(counts, mean, label=name)
+        ax.fill_between(counts, mean - std, mean + std, alpha=0.2)
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("labelled samples")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"digits: mean ± std over {len(next(iter(results.values())))} seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--initial", type=int, default=20)
+    parser.add_argument("--query-size", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--output", default="examples/results/digits")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    jobs = [(name, seed) for name in args.strategies for seed in range(args.seeds)]
+    results: dict[str, list[list[dict]]] = {name: [None] * args.seeds for name in args.strategies}
+    with mp.Manager() as manager, ProcessPoolExecutor(max_workers=args.workers) as pool:
+        progress = manager.Queue()
+        futures = {
+            pool.submit(run_experiment, name, seed, args, progress): (name, seed) for name, seed in jobs
+        }
+        with tqdm(total=len(jobs) * (args.rounds + 1), desc="rounds", unit="round") as bar:
+            pending = set(futures)
+            while pending:
+                while not progress.empty():
+                    progress.get()
+                    bar.update()
+                done = {f for f in pending if f.done()}
+                for future in done:
+                    name, seed = futures[future]
+                    results[name][seed] = future.result()
+                pending -= done
+                time.sleep(0.2)
+            while not progress.empty():
+                progress.get()
+                bar.update()
+
+    table = summarise(results, args.target)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    plot(results, args.target, output / "learning_curves.png")
+    (output / "summary.md").write_text(table + "\n")
+    (output / "results.json").write_text(json.dumps(results))
+    print(table)
+    print(
+        f"\nplot: {output / 'learning_curves.png'}; per-run history: {output}/<strategy>_seed<k>/history.json"
+    )
+    print(f"wall time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Batches that carry the dataset ids of their samples.
+
+Every dataloader of :class:`~lightning_al.data.ActiveDataModule` yields the user's usual
+batch (a tuple or a dict, so ``x, y = batch`` still works) with one extra attribute,
+``batch.ids``: a ``LongTensor[B]`` of dataset indices. Callbacks use it to attribute
+per-sample statistics; the ids follow the batch to the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+
+class IndexedTuple(tuple):
+    """A collated tuple batch with a ``.ids`` attribute."""
+
+    ids: Tensor
+
+
+class IndexedDict(dict):
+    """A collated dict batch with a ``.ids`` attribute."""
+
+    ids: Tensor
+
+
+def with_ids(batch: Any, ids: Tensor) -> IndexedTuple | IndexedDict:
+    """Return ``batch`` as an indexed batch whose ``ids`` attribute is ``ids``."""
+    if isinstance(batch, Mapping):
+        out: IndexedTuple | IndexedDict = IndexedDict(batch)
+    elif isinstance(batch, Sequence) and not isinstance(batch, str):
+        out = IndexedTuple(batch)
+    else:
+        out = IndexedTuple((batch,))
+    out.ids = ids
+    return out
+
+
+def move_indexed_batch(batch: Any, device: torch.device) -> Any:
+    """Move ``batch`` (and its ``ids``, if any) to ``device``."""
+    moved = move_data_to_device(batch, device)
+    ids = getattr(batch, "ids", None)
+    return moved if ids is None else with_ids(moved, ids.to(device))
+
+
+def batch_ids(batch: Any) -> Tensor:
+    """The dataset ids of ``batch``, or a clear error when the batch carries none."""
+    ids = getattr(batch, "ids", None)
+    if ids is None:
+        raise ValueError(
+            "Expected a batch from an ActiveDataModule dataloader carrying `ids`, but got a "
+            f"{type(batch).__name__} without them. Pass the ActiveDataModule to the Trainer and do not "
+            "rebuild the batch in `on_before_batch_transfer`."
+        )
+    return ids
+
+
+class IdDataset(Dataset):
+    """A view of ``dataset`` restricted to ``ids`` whose items are ``(item, dataset_id)``."""
+
+    def __init__(self, dataset: Dataset, ids: Tensor) -> None:
+        self.dataset = dataset
+        self.ids = ids.tolist()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: int) -> tuple[Any, int]:
+        index = self.ids[position]
+        return self.dataset[index], index
+
+
+def collate_with_ids(items: list[tuple[Any, int]]) -> IndexedTuple | IndexedDict:
+    """Collate ``(item, id)`` pairs into the user's batch plus ``.ids``."""
+    samples, ids = zip(*items, strict=True)
+    return with_ids(default_collate(list(samples)), torch.tensor(ids, dtype=torch.long))

@@ -1,0 +1,206 @@
+"""A LightningDataModule over a labelled / unlabelled pool."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_al.data.batches import IdDataset, collate_with_ids, move_indexed_batch
+from lightning_al.data.pool import ActivePool
+from lightning_al.data.samplers import RepeatedShuffleSampler
+from lightning_al.data.targets import Key, dataset_targets, input_of, replace_target
+
+
+class _PoolLabelled(Dataset):
+    """``dataset`` whose items carry the label recorded in ``pool`` instead of their own target."""
+
+    def __init__(self, dataset: Dataset, pool: ActivePool, target_key: Key) -> None:
+        self.dataset, self.pool, self.target_key = dataset, pool, target_key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return replace_target(self.dataset[index], self.target_key, int(self.pool.labels[index]))
+
+
+def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an int >= {minimum}, but got {value!r}.")
+
+
+class ActiveDataModule(pl.LightningDataModule):
+    """Splits ``train_set`` into a labelled set (trained on) and an unlabelled pool (queried from).
+
+    The dataset index is the identity of a sample everywhere. Every dataloader yields the
+    user's usual batch (``x, y = batch`` still works) with ``batch.ids``, the dataset ids
+    of its samples. Training batches carry the label recorded in the pool, which is the
+    label the oracle gave, not whatever the dataset item holds.
+
+    Args:
+        train_set: map-style dataset of all samples that may be labelled, with the training transform.
+        pool_set: the same samples in the same order with the evaluation transform; scoring the
+            pool reads from it so augmentation never reaches acquisition. Defaults to ``train_set``.
+        val_set: optional validation set (fully labelled).
+        test_set: optional test set (fully labelled), evaluated after every round.
+        initial_labelled: number of samples labelled at random before the first round.
+        initial_per_class: alternatively, label this many samples of every class (class-balanced).
+        num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
+        batch_size: training batch size.
+        eval_batch_size: batch size for the pool, validation and test sets.
+        min_steps_per_epoch: while the labelled set is small, repeat it (in fresh shuffles) so that
+            every epoch has at least this many steps. ``0`` disables.
+        num_workers: dataloader workers.
+        input_key: where the model input sits in a batch (tuple index or dict key).
+        target_key: where the target sits in a dataset item (tuple index or dict key).
+        seed: seeds the initial labelled set and the training shuffles.
+    """
+
+    def __init__(
+        self,
+        train_set: Dataset,
+        pool_set: Dataset | None = None,
+        val_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+        initial_labelled: int = 0,
+        initial_per_class: int | None = None,
+        num_classes: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        min_steps_per_epoch: int = 0,
+        num_workers: int = 0,
+        input_key: int | str = 0,
+        target_key: int | str = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
+            raise TypeError(
+                f"Expected `train_set` to be a map-style dataset, but got {type(train_set).__name__}."
+            )
+        if pool_set is not None and len(pool_set) != len(train_set):
+            raise ValueError(
+                f"Expected `pool_set` to hold the same {len(train_set)} samples as `train_set`, "
+                f"but got {len(pool_set)} samples."
+            )
+        _check_positive("initial_labelled", initial_labelled, minimum=0)
+        if initial_per_class is not None:
+            _check_positive("initial_per_class", initial_per_class)
+            if initial_labelled:
+                raise ValueError(
+                    "Expected one of `initial_labelled` (random) or `initial_per_class` (balanced), "
+                    f"but got both: {initial_labelled} and {initial_per_class}."
+                )
+        if initial_labelled > len(train_set):
+            raise ValueError(
+                f"Expected `initial_labelled` to be at most the {len(train_set)} samples of `train_set`, "
+                f"but got {initial_labelled}."
+            )
+        _check_positive("batch_size", batch_size)
+        _check_positive("eval_batch_size", eval_batch_size)
+        _check_positive("min_steps_per_epoch", min_steps_per_epoch, minimum=0)
+        _check_positive("num_workers", num_workers, minimum=0)
+        self.train_set = train_set
+        self.pool_set = pool_set if pool_set is not None else train_set
+        self.val_set, self.test_set = val_set, test_set
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.min_steps_per_epoch, self.num_workers = min_steps_per_epoch, num_workers
+        self.input_key, self.target_key, self.seed = input_key, target_key, seed
+        self.pool = ActivePool(len(train_set), num_classes=num_classes)
+        # As in LightningDataModule.from_datasets: only the loaders that exist are defined,
+        # so Lightning neither warns about nor runs an empty validation/test loop.
+        if val_set is not None:
+            self.val_dataloader = functools.partial(self.eval_dataloader, val_set)
+        if test_set is not None:
+            self.test_dataloader = functools.partial(self.eval_dataloader, test_set)
+        initial_ids = self._initial_ids(initial_labelled, initial_per_class)
+        if initial_ids.numel():
+            self.pool.label(initial_ids, dataset_targets(train_set, initial_ids, target_key), round=0)
+
+    def _initial_ids(self, initial_labelled: int, initial_per_class: int | None) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        if initial_per_class is None:
+            return torch.randperm(self.pool.size, generator=generator)[:initial_labelled]
+        targets = dataset_targets(self.train_set, torch.arange(self.pool.size), self.target_key)
+        chosen = []
+        for cls in targets.unique().tolist():
+            members = (targets == cls).nonzero().flatten()
+            if members.numel() < initial_per_class:
+                raise ValueError(
+                    f"Expected every class to have at least `initial_per_class`={initial_per_class} samples, "
+                    f"but class {cls} has {members.numel()}."
+                )
+            chosen.append(members[torch.randperm(members.numel(), generator=generator)[:initial_per_class]])
+        return torch.cat(chosen)
+
+    # ----- pool view ---------------------------------------------------------------------
+    @property
+    def labelled_ids(self) -> Tensor:
+        return self.pool.labelled_ids
+
+    @property
+    def unlabelled_ids(self) -> Tensor:
+        return self.pool.unlabelled_ids
+
+    @property
+    def num_labelled(self) -> int:
+        return self.pool.num_labelled
+
+    def label(self, ids: Any, labels: Any, round: int | None = None) -> None:
+        """Record ``labels`` for dataset ``ids`` (unlabelled, unique); ``round`` defaults to a new round."""
+        if round is None:
+            round = int(self.pool.labelled_round.max()) + 1 if self.pool.size else 0
+        self.pool.label(ids, labels, round)
+
+    def inputs(self, batch: Any) -> Any:
+        """The model input of a batch from any of this module's dataloaders."""
+        return input_of(batch, self.input_key)
+
+    def targets(self, batch: Any) -> Tensor:
+        """The targets of a batch (training, validation or test)."""
+        return input_of(batch, self.target_key)
+
+    # ----- dataloaders -------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, ids: Tensor, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            IdDataset(dataset, ids),
+            collate_fn=collate_with_ids,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ids = self.pool.labelled_ids
+        if ids.numel() == 0:
+            raise ValueError("Expected at least one labelled sample to train on, but the pool has none.")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ids.numel())
+        sampler = RepeatedShuffleSampler(ids.numel(), self.min_steps_per_epoch * self.batch_size, generator)
+        labelled = _PoolLabelled(self.train_set, self.pool, self.target_key)
+        return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
+
+    def pool_dataloader(self, ids: Tensor | None = None) -> DataLoader:
+        """Unlabelled samples (or ``ids``) in ascending id order, with the evaluation transform."""
+        ids = self.pool.unlabelled_ids if ids is None else ids
+        return self._loader(self.pool_set, ids, batch_size=self.eval_batch_size, shuffle=False)
+
+    def eval_dataloader(self, dataset: Dataset) -> DataLoader:
+        """A fully labelled ``dataset`` (validation or test) in order, with ids ``0..len-1``."""
+        return self._loader(
+            dataset, torch.arange(len(dataset)), batch_size=self.eval_batch_size, shuffle=False
+        )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_indexed_batch(batch, device)
+
+    # ----- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pool.load_state_dict(state_dict["pool"])

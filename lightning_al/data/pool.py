@@ -1,0 +1,150 @@
+"""Bookkeeping of which samples are labelled, when, and with which label."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+UNLABELLED = -1
+
+
+def as_id_tensor(name: str, ids: Any) -> Tensor:
+    """Convert ``ids`` (sequence or tensor of ints) to a 1-D ``LongTensor`` or raise a clear error."""
+    tensor = (
+        ids
+        if isinstance(ids, Tensor)
+        else torch.as_tensor(list(ids) if not hasattr(ids, "__array__") else ids)
+    )
+    if tensor.ndim != 1:
+        raise ValueError(f"Expected `{name}` to be one-dimensional, but got shape {tuple(tensor.shape)}.")
+    if tensor.numel() and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
+        raise TypeError(f"Expected `{name}` to hold integers, but got dtype {tensor.dtype}.")
+    return tensor.to(device="cpu", dtype=torch.long)
+
+
+class ActivePool:
+    """Per-sample labelling state of a dataset of ``size`` samples, keyed by dataset index.
+
+    For each sample the pool stores the round at which it was labelled (``-1`` while
+    unlabelled) and the label it received, so the labelling history is never lost
+    (a design borrowed from baal's ``ActiveLearningDataset``).
+
+    Args:
+        size: number of samples in the dataset.
+        num_classes: if given, labels must lie in ``[0, num_classes)``.
+    """
+
+    def __init__(self, size: int, num_classes: int | None = None) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"Expected `size` to be a non-negative int, but got {size!r}.")
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
+            raise ValueError(f"Expected `num_classes` to be a positive int or None, but got {num_classes!r}.")
+        self.size = size
+        self.num_classes = num_classes
+        self.labelled_round = torch.full((size,), UNLABELLED, dtype=torch.long)
+        self.labels = torch.full((size,), UNLABELLED, dtype=torch.long)
+
+    @property
+    def labelled_mask(self) -> Tensor:
+        """``BoolTensor[size]``, True where labelled."""
+        return self.labelled_round != UNLABELLED
+
+    @property
+    def labelled_ids(self) -> Tensor:
+        """Dataset ids of the labelled samples, ascending."""
+        return self.labelled_mask.nonzero().flatten()
+
+    @property
+    def unlabelled_ids(self) -> Tensor:
+        """Dataset ids of the unlabelled samples, ascending."""
+        return (~self.labelled_mask).nonzero().flatten()
+
+    @property
+    def num_labelled(self) -> int:
+        return int(self.labelled_mask.sum())
+
+    @property
+    def num_unlabelled(self) -> int:
+        return self.size - self.num_labelled
+
+    def check_unlabelled(self, ids: Any, name: str = "ids") -> Tensor:
+        """Return ``ids`` as a LongTensor after checking they are known, unique and unlabelled."""
+        ids = as_id_tensor(name, ids)
+        if ids.numel() == 0:
+            return ids
+        unknown = ids[(ids < 0) | (ids >= self.size)]
+        if unknown.numel():
+            raise ValueError(
+                f"Expected `{name}` to be dataset indices in [0, {self.size}), but got unknown ids "
+                f"{unknown[:10].tolist()}."
+            )
+        unique, counts = ids.unique(return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                f"Expected `{name}` to be unique, but ids {unique[counts > 1][:10].tolist()} repeat."
+            )
+        already = ids[self.labelled_mask[ids]]
+        if already.numel():
+            raise ValueError(
+                f"Expected `{name}` to be unlabelled, but ids {already[:10].tolist()} are already labelled "
+                f"(in rounds {self.labelled_round[already[:10]].tolist()})."
+            )
+        return ids
+
+    def label(self, ids: Any, labels: Any, round: int) -> None:
+        """Record ``labels`` for the unlabelled samples ``ids`` at ``round``.
+
+        Everything is validated before anything changes: on any error the pool is untouched.
+        """
+        ids = self.check_unlabelled(ids)
+        labels = as_id_tensor("labels", labels)
+        if labels.shape != ids.shape:
+            raise ValueError(
+                f"Expected `labels` to have one label per id, shape {tuple(ids.shape)}, "
+                f"but got shape {tuple(labels.shape)}."
+            )
+        upper = self.num_classes if self.num_classes is not None else None
+        bad = (labels < 0) if upper is None else (labels < 0) | (labels >= upper)
+        if bad.any():
+            allowed = "non-negative" if upper is None else f"in [0, {upper})"
+            raise ValueError(
+                f"Expected `labels` to be class indices {allowed}, but got {labels[bad][:10].tolist()} "
+                f"for ids {ids[bad][:10].tolist()}."
+            )
+        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+            raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
+        self.labels[ids] = labels
+        self.labelled_round[ids] = round
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "num_classes": self.num_classes,
+            "labelled_round": self.labelled_round.clone(),
+            "labels": self.labels.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"size", "labelled_round", "labels"} - set(state)
+        if missing:
+            raise ValueError(
+                f"Expected a pool state with keys size, labelled_round, labels; missing {sorted(missing)}."
+            )
+        if state["size"] != self.size:
+            raise ValueError(
+                f"Expected a pool state for a dataset of {self.size} samples, but got one for {state['size']}."
+            )
+        labelled_round = as_id_tensor("labelled_round", state["labelled_round"])
+        labels = as_id_tensor("labels", state["labels"])
+        if labelled_round.shape != (self.size,) or labels.shape != (self.size,):
+            raise ValueError(f"Expected pool tensors of shape ({self.size},) in the state.")
+        if ((labelled_round == UNLABELLED) != (labels == UNLABELLED)).any():
+            raise ValueError(
+                "Expected every labelled sample in the state to have a label, and no unlabelled one to."
+            )
+        self.labelled_round = labelled_round.clone()
+        self.labels = labels.clone()

@@ -1,0 +1,72 @@
+"""Tensor validation shared by the functional kernels.
+
+Argument checks (types, ranges of Python values) live with each function; these
+helpers check tensor *contents* and shapes so every kernel refuses bad input the same
+way, with a message that names the argument and what was received.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__}"
+
+
+def check_finite(name: str, values: Tensor) -> None:
+    """Raise if ``values`` holds NaN or inf; the message lists the offending rows."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()
+        shown = rows[:10].tolist()
+        more = f" (and {rows.numel() - len(shown)} more)" if rows.numel() > len(shown) else ""
+        raise ValueError(f"Expected `{name}` to be finite, but rows {shown}{more} contain NaN or inf.")
+
+
+def check_probs(name: str, probs: Tensor, ndim: int) -> None:
+    """Check that ``probs`` is a floating tensor of ``ndim`` dims whose last axis is a distribution.
+
+    Rows must be finite, in ``[0, 1]`` and sum to 1 (tolerance scaled to the dtype).
+    """
+    if not isinstance(probs, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(probs)}.")
+    if probs.ndim != ndim:
+        axes = "N, C" if ndim == 2 else "N, T, C"
+        raise ValueError(f"Expected `{name}` to have shape ({axes}), but got {_describe(probs)}.")
+    if not probs.is_floating_point():
+        raise TypeError(
+            f"Expected `{name}` to hold floating-point probabilities, but got {_describe(probs)}."
+        )
+    if probs.shape[-1] < 1:
+        raise ValueError(f"Expected `{name}` to have at least one class, but got {_describe(probs)}.")
+    if probs.numel() == 0:
+        return
+    check_finite(name, probs)
+    if probs.min() < 0 or probs.max() > 1:
+        raise ValueError(
+            f"Expected `{name}` to hold probabilities in [0, 1], but got values in "
+            f"[{probs.min().item():.4g}, {probs.max().item():.4g}]. Apply softmax to logits first."
+        )
+    atol = 1e-2 if torch.finfo(probs.dtype).bits <= 16 else 1e-3
+    sums = probs.sum(dim=-1, dtype=torch.float64).reshape(probs.shape[0], -1)
+    worst_per_row = (sums - 1).abs().amax(dim=1)
+    if worst_per_row.max() > atol:
+        row = int(worst_per_row.argmax())
+        raise ValueError(
+            f"Expected each distribution in `{name}` to sum to 1, but row {row} has a distribution "
+            f"summing to {float(sums[row][(sums[row] - 1).abs().argmax()]):.4g}. Apply softmax to logits first."
+        )
+
+
+def check_scores(name: str, scores: Tensor) -> None:
+    """Check a 1-D finite score vector."""
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(scores)}.")
+    if scores.ndim != 1:
+        raise ValueError(f"Expected `{name}` to have shape (N,), but got {_describe(scores)}.")
+    if scores.is_floating_point() or scores.is_complex():
+        check_finite(name, scores.reshape(-1, 1))

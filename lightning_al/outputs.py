@@ -1,0 +1,40 @@
+"""What the model says about the pool, keyed by dataset id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+# Names of the outputs an estimator can produce and a strategy can require.
+PROBS = "probs"  # (N, C) softmax outputs
+
+
+@dataclass
+class PoolOutputs:
+    """Per-sample model outputs for a set of pool samples.
+
+    Attributes:
+        ids: ``LongTensor[N]``, dataset ids of the scored samples (ascending).
+        values: named tensors whose first axis is aligned with ``ids``, e.g.
+            ``values["probs"]`` of shape ``(N, C)``.
+    """
+
+    ids: Tensor
+    values: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in self.values.items():
+            if value.shape[0] != self.ids.shape[0]:
+                raise ValueError(
+                    f"Expected output {name!r} to have one row per id ({self.ids.shape[0]}), "
+                    f"but got shape {tuple(value.shape)}."
+                )
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.values:
+            raise KeyError(f"Expected pool output {name!r}, but only {sorted(self.values)} were computed.")
+        return self.values[name]

@@ -1,0 +1,70 @@
+"""The strategy interface: declare the outputs you need, turn them into a query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_al.estimators import Estimator
+from lightning_al.functional import topk_select
+from lightning_al.outputs import PoolOutputs
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A query: dataset ids to label, highest priority first, with their scores (if any)."""
+
+    ids: Tensor
+    scores: Tensor | None = None
+
+
+def check_query_size(k: Any, available: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"Expected `k` to be an int, but got {type(k).__name__}.")
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"Expected `k` to be in [1, {available}] (the unlabelled samples scored), but got {k}."
+        )
+    return k
+
+
+class Strategy:
+    """Base class of acquisition strategies.
+
+    A strategy declares in ``requires`` the pool outputs it reads (e.g. ``{"probs"}``);
+    the loop computes exactly those, once per round, with the strategy's ``estimator``
+    unless the loop is given one. ``select`` receives all randomness through
+    ``generator``, so a strategy without other state needs no ``state_dict``.
+    """
+
+    requires: frozenset[str] = frozenset()
+    estimator: Estimator | None = None
+
+    def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ScoreStrategy(Strategy):
+    """A strategy that scores every sample independently and takes the top ``k``."""
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        """Scores of shape ``(N,)`` aligned with ``outputs.ids``; higher = query first."""
+        raise NotImplementedError
+
+    def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        check_query_size(k, len(outputs))
+        scores = self.score(outputs)
+        picked = topk_select(scores, k)
+        return Selection(ids=outputs.ids[picked], scores=scores[picked])
