@@ -40,9 +40,7 @@ STRATEGIES = {
 class DigitsMLP(pl.LightningModule):
     """A small MLP with dropout for 8×8 digit images flattened to 64 features."""
 
-    def __init__(
-        self, hidden: int = 128, dropout: float = 0.25, lr: float = 1e-3, weight_decay: float = 1e-4
-    ) -> None:
+    def __init__(self, hidden: int = 128, dropout: float = 0.25, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
@@ -71,9 +69,7 @@ class DigitsMLP(pl.LightningModule):
 def digits_splits(test_size: float = 0.33) -> tuple[TensorDataset, TensorDataset]:
     """The 1,797 digits, scaled to [0, 1], split into a pool and a held-out test set (stratified, fixed)."""
     x, y = load_digits(return_X_y=True)
-    x_pool, x_test, y_pool, y_test = train_test_split(
-        x / 16.0, y, test_size=test_size, random_state=0, stratify=y
-    )
+    x_pool, x_test, y_pool, y_test = train_test_split(x / 16.0, y, test_size=test_size, random_state=0, stratify=y)
     as_set = lambda a, b: TensorDataset(torch.tensor(a, dtype=torch.float32), torch.tensor(b))  # noqa: E731
     return as_set(x_pool, y_pool), as_set(x_test, y_test)
 
@@ -150,9 +146,7 @@ def plot(results: dict[str, list[list[dict]]], target: float, path: Path) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--initial", type=int, default=20)
@@ -169,9 +163,7 @@ def main() -> None:
     results: dict[str, list[list[dict]]] = {name: [None] * args.seeds for name in args.strategies}
     with mp.Manager() as manager, ProcessPoolExecutor(max_workers=args.workers) as pool:
         progress = manager.Queue()
-        futures = {
-            pool.submit(run_experiment, name, seed, args, progress): (name, seed) for name, seed in jobs
-        }
+        futures = {pool.submit(run_experiment, name, seed, args, progress): (name, seed) for name, seed in jobs}
         with tqdm(total=len(jobs) * (args.rounds + 1), desc="rounds", unit="round") as bar:
             pending = set(futures)
             while pending:
@@ -195,9 +187,7 @@ def main() -> None:
     (output / "summary.md").write_text(table + "\n")
     (output / "results.json").write_text(json.dumps(results))
     print(table)
-    print(
-        f"\nplot: {output / 'learning_curves.png'}; per-run history: {output}/<strategy>_seed<k>/history.json"
-    )
+    print(f"\nplot: {output / 'learning_curves.png'}; per-run history: {output}/<strategy>_seed<k>/history.json")
     print(f"wall time: {time.perf_counter() - start:.0f} s")
 
 

@@ -43,7 +43,5 @@ class Softmax(Estimator):
         logits = model(inputs)
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
-                f"Expected the model's forward to return logits of shape (B, C), but got {shape}."
-            )
+            raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")
         return {PROBS: torch.softmax(logits.float(), dim=-1)}

@@ -94,18 +94,14 @@ class ActiveLearningLoop:
         output_dir: str | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
-            raise TypeError(
-                f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}."
-            )
+            raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
         _check_optional_int("query_size", query_size, 1)
         if query_size is None:
             raise ValueError("Expected `query_size` to be an int >= 1, but got None.")
         _check_optional_int("rounds", rounds, 0)
         _check_optional_int("budget", budget, 1)
         if oracle is not None and not isinstance(oracle, Oracle):
-            raise TypeError(
-                f"Expected `oracle` to have a `label(ids)` method, but got {type(oracle).__name__}."
-            )
+            raise TypeError(f"Expected `oracle` to have a `label(ids)` method, but got {type(oracle).__name__}.")
         self.strategy = strategy
         self.query_size, self.rounds, self.budget = query_size, rounds, budget
         self.estimator = estimator or strategy.estimator or Softmax()
@@ -138,9 +134,7 @@ class ActiveLearningLoop:
         row["train_seconds"] = time.perf_counter() - start
         return trainer
 
-    def _test(
-        self, model: pl.LightningModule, dm: ActiveDataModule, trainer: pl.Trainer, row: dict[str, Any]
-    ) -> None:
+    def _test(self, model: pl.LightningModule, dm: ActiveDataModule, trainer: pl.Trainer, row: dict[str, Any]) -> None:
         if dm.test_set is None:
             return
         start = time.perf_counter()
@@ -179,9 +173,7 @@ class ActiveLearningLoop:
         selection = self.strategy.select(outputs, k, generator=self.generator)
         ids = dm.pool.check_unlabelled(selection.ids, name="selection.ids")
         if ids.numel() != k:
-            raise RuntimeError(
-                f"Expected {self.strategy!r} to select {k} ids, but it selected {ids.numel()}."
-            )
+            raise RuntimeError(f"Expected {self.strategy!r} to select {k} ids, but it selected {ids.numel()}.")
         row["select_seconds"] = time.perf_counter() - start
         row["selected_ids"] = ids.tolist()
         if selection.scores is not None:
@@ -208,14 +200,10 @@ class ActiveLearningLoop:
         ``on_round_end``, if given, receives each history row as soon as its round ends.
         """
         if not isinstance(datamodule, ActiveDataModule):
-            raise TypeError(
-                f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}."
-            )
+            raise TypeError(f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}.")
         dm = datamodule
         if dm.pool.num_unlabelled == 0 and not self.history:
-            raise ValueError(
-                "Expected an unlabelled pool to query from, but every sample is already labelled."
-            )
+            raise ValueError("Expected an unlabelled pool to query from, but every sample is already labelled.")
         if self.query_size > dm.pool.num_unlabelled and not self.history:
             raise ValueError(
                 f"Expected `query_size` to be at most the {dm.pool.num_unlabelled} unlabelled samples, "

@@ -80,9 +80,7 @@ class ActiveDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not hasattr(train_set, "__getitem__") or not hasattr(train_set, "__len__"):
-            raise TypeError(
-                f"Expected `train_set` to be a map-style dataset, but got {type(train_set).__name__}."
-            )
+            raise TypeError(f"Expected `train_set` to be a map-style dataset, but got {type(train_set).__name__}.")
         if pool_set is not None and len(pool_set) != len(train_set):
             raise ValueError(
                 f"Expected `pool_set` to hold the same {len(train_set)} samples as `train_set`, "
@@ -191,9 +189,7 @@ class ActiveDataModule(pl.LightningDataModule):
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:
         """A fully labelled ``dataset`` (validation or test) in order, with ids ``0..len-1``."""
-        return self._loader(
-            dataset, torch.arange(len(dataset)), batch_size=self.eval_batch_size, shuffle=False
-        )
+        return self._loader(dataset, torch.arange(len(dataset)), batch_size=self.eval_batch_size, shuffle=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_indexed_batch(batch, device)

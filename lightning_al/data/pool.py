@@ -12,11 +12,7 @@ UNLABELLED = -1
 
 def as_id_tensor(name: str, ids: Any) -> Tensor:
     """Convert ``ids`` (sequence or tensor of ints) to a 1-D ``LongTensor`` or raise a clear error."""
-    tensor = (
-        ids
-        if isinstance(ids, Tensor)
-        else torch.as_tensor(list(ids) if not hasattr(ids, "__array__") else ids)
-    )
+    tensor = ids if isinstance(ids, Tensor) else torch.as_tensor(list(ids) if not hasattr(ids, "__array__") else ids)
     if tensor.ndim != 1:
         raise ValueError(f"Expected `{name}` to be one-dimensional, but got shape {tuple(tensor.shape)}.")
     if tensor.numel() and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
@@ -84,9 +80,7 @@ class ActivePool:
             )
         unique, counts = ids.unique(return_counts=True)
         if (counts > 1).any():
-            raise ValueError(
-                f"Expected `{name}` to be unique, but ids {unique[counts > 1][:10].tolist()} repeat."
-            )
+            raise ValueError(f"Expected `{name}` to be unique, but ids {unique[counts > 1][:10].tolist()} repeat.")
         already = ids[self.labelled_mask[ids]]
         if already.numel():
             raise ValueError(
@@ -143,8 +137,6 @@ class ActivePool:
         if labelled_round.shape != (self.size,) or labels.shape != (self.size,):
             raise ValueError(f"Expected pool tensors of shape ({self.size},) in the state.")
         if ((labelled_round == UNLABELLED) != (labels == UNLABELLED)).any():
-            raise ValueError(
-                "Expected every labelled sample in the state to have a label, and no unlabelled one to."
-            )
+            raise ValueError("Expected every labelled sample in the state to have a label, and no unlabelled one to.")
         self.labelled_round = labelled_round.clone()
         self.labels = labels.clone()

@@ -30,8 +30,7 @@ def _as_class_index(value: Any, index: int, key: Key) -> int:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(
-            f"Expected the target of dataset item {index} at key {key!r} to be a class index, "
-            f"but got {value!r}."
+            f"Expected the target of dataset item {index} at key {key!r} to be a class index, but got {value!r}."
         )
     return value
 

@@ -38,9 +38,7 @@ def check_probs(name: str, probs: Tensor, ndim: int) -> None:
         axes = "N, C" if ndim == 2 else "N, T, C"
         raise ValueError(f"Expected `{name}` to have shape ({axes}), but got {_describe(probs)}.")
     if not probs.is_floating_point():
-        raise TypeError(
-            f"Expected `{name}` to hold floating-point probabilities, but got {_describe(probs)}."
-        )
+        raise TypeError(f"Expected `{name}` to hold floating-point probabilities, but got {_describe(probs)}.")
     if probs.shape[-1] < 1:
         raise ValueError(f"Expected `{name}` to have at least one class, but got {_describe(probs)}.")
     if probs.numel() == 0:

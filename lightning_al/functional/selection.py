@@ -29,8 +29,6 @@ def topk_select(scores_N: Tensor, k: int) -> Tensor:
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"Expected `k` to be an int, but got {type(k).__name__}.")
     if not 1 <= k <= scores_N.shape[0]:
-        raise ValueError(
-            f"Expected `k` to be in [1, {scores_N.shape[0]}] (the number of scores), but got {k}."
-        )
+        raise ValueError(f"Expected `k` to be in [1, {scores_N.shape[0]}] (the number of scores), but got {k}.")
     order = torch.sort(scores_N, descending=True, stable=True).indices
     return order[:k]

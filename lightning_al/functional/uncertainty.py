@@ -46,9 +46,7 @@ def margin(probs_N_C: Tensor) -> Tensor:
     """
     check_probs("probs_N_C", probs_N_C, ndim=2)
     if probs_N_C.shape[1] < 2:
-        raise ValueError(
-            f"Expected `probs_N_C` to have at least 2 classes, but got shape {tuple(probs_N_C.shape)}."
-        )
+        raise ValueError(f"Expected `probs_N_C` to have at least 2 classes, but got shape {tuple(probs_N_C.shape)}.")
     top2 = probs_N_C.topk(2, dim=-1).values
     return 1 - (top2[:, 0] - top2[:, 1])
 

@@ -25,9 +25,7 @@ def check_query_size(k: Any, available: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"Expected `k` to be an int, but got {type(k).__name__}.")
     if not 1 <= k <= available:
-        raise ValueError(
-            f"Expected `k` to be in [1, {available}] (the unlabelled samples scored), but got {k}."
-        )
+        raise ValueError(f"Expected `k` to be in [1, {available}] (the unlabelled samples scored), but got {k}.")
     return k
 
 
