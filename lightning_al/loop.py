@@ -51,9 +51,12 @@ def _quiet_trainer_setup() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _check_optional_int(name: str, value: Any, minimum: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise ValueError(f"Expected `{name}` to be an int >= {minimum} or None, but got {value!r}.")
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
 
 
 class ActiveLearningLoop:
@@ -95,11 +98,9 @@ class ActiveLearningLoop:
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
-        _check_optional_int("query_size", query_size, 1)
-        if query_size is None:
-            raise ValueError("Expected `query_size` to be an int >= 1, but got None.")
-        _check_optional_int("rounds", rounds, 0)
-        _check_optional_int("budget", budget, 1)
+        _check_int("query_size", query_size, 1)
+        _check_int("rounds", rounds, 0, optional=True)
+        _check_int("budget", budget, 1, optional=True)
         if oracle is not None and not isinstance(oracle, Oracle):
             raise TypeError(f"Expected `oracle` to have a `label(ids)` method, but got {type(oracle).__name__}.")
         self.strategy = strategy

@@ -1,0 +1,49 @@
+"""Tiny models and pools shared by the tests: a few hundred samples, a few epochs."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+class TinyClassifier(pl.LightningModule):
+    """Linear → ReLU → Dropout → Linear classifier whose forward returns logits."""
+
+    def __init__(self, in_features: int = 4, num_classes: int = 3, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, num_classes)
+        )
+        self.seen_ids: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.seen_ids.append(batch.ids.detach().cpu())
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def blobs(n: int = 120, num_classes: int = 3, in_features: int = 4, seed: int = 0) -> TensorDataset:
+    """Gaussian blobs around fixed class centres (``seed`` draws the noise), easy for a tiny model."""
+    centres = torch.randn(num_classes, in_features, generator=torch.Generator().manual_seed(1234)) * 3
+    y = torch.arange(n) % num_classes
+    x = centres[y] + torch.randn(n, in_features, generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(x, y)
+
+
+@pytest.fixture
+def tiny_data() -> tuple[TensorDataset, TensorDataset]:
+    return blobs(120, seed=0), blobs(60, seed=1)
+
+
+FAST_TRAINER = dict(max_epochs=3, accelerator="cpu")
