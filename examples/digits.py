@@ -88,7 +88,7 @@ def run_experiment(strategy: str, seed: int, args: argparse.Namespace, progress=
         rounds=args.rounds,
         trainer_kwargs=dict(max_epochs=args.epochs, accelerator="cpu"),
         seed=seed,
-        output_dir=str(Path(args.output) / f"{strategy}_seed{seed}"),
+        output_dir=str(Path(args.output) / f"{strategy}_seed{seed}") if args.output else None,
     )
     on_round_end = (lambda row: progress.put(1)) if progress is not None else None
     return loop.run(model, datamodule, on_round_end=on_round_end)

@@ -135,7 +135,9 @@ def test_refuses_non_tensor(name):
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
 def test_refuses_wrong_ndim(name, shape):
     p = torch.full(shape, 1.0 / shape[-1])
-    with pytest.raises(ValueError, match=re.escape(f"Expected `probs_N_C` to have shape (N, C), but got a tensor of shape {shape}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"Expected `probs_N_C` to have shape (N, C), but got a tensor of shape {shape}")
+    ):
         SCORES[name](p)
 
 
@@ -162,7 +164,9 @@ def test_refuses_logits(name):
 @pytest.mark.parametrize("name", sorted(SCORES))
 def test_refuses_negative_values(name):
     p = torch.tensor([[0.5, 0.5], [1.25, -0.25]])
-    with pytest.raises(ValueError, match=r"`probs_N_C` to hold probabilities in \[0, 1\], but got values in \[-0\.25, 1\.25\]"):
+    with pytest.raises(
+        ValueError, match=r"`probs_N_C` to hold probabilities in \[0, 1\], but got values in \[-0\.25, 1\.25\]"
+    ):
         SCORES[name](p)
 
 
@@ -176,7 +180,9 @@ def test_accepts_float32_softmax_rounding():
 def test_refuses_non_finite_and_names_row(name, bad):
     p = torch.full((4, 2), 0.5)
     p[2, 1] = bad
-    with pytest.raises(ValueError, match=re.escape("Expected `probs_N_C` to be finite, but rows [2] contain NaN or inf")):
+    with pytest.raises(
+        ValueError, match=re.escape("Expected `probs_N_C` to be finite, but rows [2] contain NaN or inf")
+    ):
         SCORES[name](p)
 
 
@@ -247,13 +253,17 @@ def test_topk_refuses_non_int_k(k, typename):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_topk_refuses_non_finite_scores(bad):
     scores = torch.tensor([0.1, bad, 0.3])
-    with pytest.raises(ValueError, match=re.escape("Expected `scores_N` to be finite, but rows [1] contain NaN or inf")):
+    with pytest.raises(
+        ValueError, match=re.escape("Expected `scores_N` to be finite, but rows [1] contain NaN or inf")
+    ):
         topk_select(scores, 1)
 
 
 @pytest.mark.parametrize("shape", [(), (2, 3)])
 def test_topk_refuses_wrong_ndim(shape):
-    with pytest.raises(ValueError, match=re.escape(f"Expected `scores_N` to have shape (N,), but got a tensor of shape {shape}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"Expected `scores_N` to have shape (N,), but got a tensor of shape {shape}")
+    ):
         topk_select(torch.zeros(shape), 1)
 
 
@@ -269,3 +279,9 @@ def test_docstring_examples(module_name):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, report=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_topk_select_accepts_integer_types_other_than_int():
+    scores = torch.tensor([0.2, 0.9, 0.5])
+    assert topk_select(scores, np.int64(2)).tolist() == [1, 2]
+    assert topk_select(scores, torch.tensor(1)).tolist() == [1]

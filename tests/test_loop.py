@@ -189,7 +189,7 @@ def test_strategy_selecting_labelled_ids_is_refused(tiny_data):
             return al.Selection(ids=dm.labelled_ids[:k])
 
     dm = make_dm(tiny_data)
-    with pytest.raises(ValueError, match="`selection.ids` to be unlabelled"):
+    with pytest.raises(ValueError, match=r"`selection\.ids` to be unlabelled"):
         make_loop(Cheat(), rounds=1).run(TinyClassifier(), dm)
     assert dm.num_labelled == 10
 

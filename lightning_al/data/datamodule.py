@@ -184,7 +184,7 @@ class ActiveDataModule(pl.LightningDataModule):
 
     def pool_dataloader(self, ids: Tensor | None = None) -> DataLoader:
         """Unlabelled samples (or ``ids``) in ascending id order, with the evaluation transform."""
-        ids = self.pool.unlabelled_ids if ids is None else ids
+        ids = self.pool.unlabelled_ids if ids is None else self.pool.check_known(ids)
         return self._loader(self.pool_set, ids, batch_size=self.eval_batch_size, shuffle=False)
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:

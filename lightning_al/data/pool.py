@@ -20,6 +20,17 @@ def as_id_tensor(name: str, ids: Any) -> Tensor:
     return tensor.to(device="cpu", dtype=torch.long)
 
 
+def as_dataset_ids(name: str, ids: Any, size: int) -> Tensor:
+    """``ids`` as a 1-D ``LongTensor`` of indices into a dataset of ``size`` samples, or a clear error."""
+    ids = as_id_tensor(name, ids)
+    unknown = ids[(ids < 0) | (ids >= size)]
+    if unknown.numel():
+        raise ValueError(
+            f"Expected `{name}` to be dataset indices in [0, {size}), but got unknown ids {unknown[:10].tolist()}."
+        )
+    return ids
+
+
 class ActivePool:
     """Per-sample labelling state of a dataset of ``size`` samples, keyed by dataset index.
 
@@ -67,17 +78,15 @@ class ActivePool:
     def num_unlabelled(self) -> int:
         return self.size - self.num_labelled
 
+    def check_known(self, ids: Any, name: str = "ids") -> Tensor:
+        """Return ``ids`` as a LongTensor after checking they index this pool's dataset."""
+        return as_dataset_ids(name, ids, self.size)
+
     def check_unlabelled(self, ids: Any, name: str = "ids") -> Tensor:
         """Return ``ids`` as a LongTensor after checking they are known, unique and unlabelled."""
-        ids = as_id_tensor(name, ids)
+        ids = self.check_known(ids, name)
         if ids.numel() == 0:
             return ids
-        unknown = ids[(ids < 0) | (ids >= self.size)]
-        if unknown.numel():
-            raise ValueError(
-                f"Expected `{name}` to be dataset indices in [0, {self.size}), but got unknown ids "
-                f"{unknown[:10].tolist()}."
-            )
         unique, counts = ids.unique(return_counts=True)
         if (counts > 1).any():
             raise ValueError(f"Expected `{name}` to be unique, but ids {unique[counts > 1][:10].tolist()} repeat.")
@@ -88,6 +97,15 @@ class ActivePool:
                 f"(in rounds {self.labelled_round[already[:10]].tolist()})."
             )
         return ids
+
+    def _check_label_values(self, labels: Tensor, ids: Tensor) -> None:
+        bad = (labels < 0) if self.num_classes is None else (labels < 0) | (labels >= self.num_classes)
+        if bad.any():
+            allowed = "non-negative" if self.num_classes is None else f"in [0, {self.num_classes})"
+            raise ValueError(
+                f"Expected `labels` to be class indices {allowed}, but got {labels[bad][:10].tolist()} "
+                f"for ids {ids[bad][:10].tolist()}."
+            )
 
     def label(self, ids: Any, labels: Any, round: int) -> None:
         """Record ``labels`` for the unlabelled samples ``ids`` at ``round``.
@@ -101,14 +119,7 @@ class ActivePool:
                 f"Expected `labels` to have one label per id, shape {tuple(ids.shape)}, "
                 f"but got shape {tuple(labels.shape)}."
             )
-        upper = self.num_classes if self.num_classes is not None else None
-        bad = (labels < 0) if upper is None else (labels < 0) | (labels >= upper)
-        if bad.any():
-            allowed = "non-negative" if upper is None else f"in [0, {upper})"
-            raise ValueError(
-                f"Expected `labels` to be class indices {allowed}, but got {labels[bad][:10].tolist()} "
-                f"for ids {ids[bad][:10].tolist()}."
-            )
+        self._check_label_values(labels, ids)
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels
@@ -136,7 +147,13 @@ class ActivePool:
         labels = as_id_tensor("labels", state["labels"])
         if labelled_round.shape != (self.size,) or labels.shape != (self.size,):
             raise ValueError(f"Expected pool tensors of shape ({self.size},) in the state.")
-        if ((labelled_round == UNLABELLED) != (labels == UNLABELLED)).any():
-            raise ValueError("Expected every labelled sample in the state to have a label, and no unlabelled one to.")
+        if state.get("num_classes", self.num_classes) != self.num_classes:
+            raise ValueError(
+                f"Expected a pool state for {self.num_classes} classes, but got one for {state['num_classes']}."
+            )
+        labelled = labelled_round != UNLABELLED
+        if (labelled_round < UNLABELLED).any() or (labels[~labelled] != UNLABELLED).any():
+            raise ValueError("Expected rounds >= 0 for labelled samples and -1 (with label -1) for unlabelled ones.")
+        self._check_label_values(labels[labelled], labelled.nonzero().flatten())
         self.labelled_round = labelled_round.clone()
         self.labels = labels.clone()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_al.data.pool import as_id_tensor
+from lightning_al.data.pool import as_dataset_ids
 
 Key = int | str
 
@@ -73,7 +73,7 @@ def replace_target(item: Any, key: Key, label: int) -> Any:
 
 def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1) -> Tensor:
     """``LongTensor`` of the targets of ``dataset`` at ``ids`` (fast path for ``TensorDataset``)."""
-    ids = as_id_tensor("ids", ids)
+    ids = as_dataset_ids("ids", ids, len(dataset))
     if (
         isinstance(dataset, TensorDataset)
         and isinstance(key, int)

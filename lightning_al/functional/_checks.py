@@ -7,6 +7,8 @@ way, with a message that names the argument and what was received.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -44,10 +46,12 @@ def check_probs(name: str, probs: Tensor, ndim: int) -> None:
     if probs.numel() == 0:
         return
     check_finite(name, probs)
-    if probs.min() < 0 or probs.max() > 1:
+    outside = ((probs < 0) | (probs > 1)).reshape(probs.shape[0], -1).any(dim=1)
+    if outside.any():
         raise ValueError(
             f"Expected `{name}` to hold probabilities in [0, 1], but got values in "
-            f"[{probs.min().item():.4g}, {probs.max().item():.4g}]. Apply softmax to logits first."
+            f"[{probs.min().item():.4g}, {probs.max().item():.4g}] (first at row {int(outside.nonzero()[0])}). "
+            "Apply softmax to logits first."
         )
     atol = 1e-2 if torch.finfo(probs.dtype).bits <= 16 else 1e-3
     sums = probs.sum(dim=-1, dtype=torch.float64).reshape(probs.shape[0], -1)
@@ -68,3 +72,13 @@ def check_scores(name: str, scores: Tensor) -> None:
         raise ValueError(f"Expected `{name}` to have shape (N,), but got {_describe(scores)}.")
     if scores.is_floating_point() or scores.is_complex():
         check_finite(name, scores.reshape(-1, 1))
+
+
+def as_count(name: str, value: object) -> int:
+    """``value`` as a Python int (any integer type, numpy's included, but not bool), or a TypeError."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.is_floating_point()):
+        raise TypeError(f"Expected `{name}` to be an int, but got {type(value).__name__}.")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"Expected `{name}` to be an int, but got {type(value).__name__}.") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_al.functional._checks import check_scores
+from lightning_al.functional._checks import as_count, check_scores
 
 
 def topk_select(scores_N: Tensor, k: int) -> Tensor:
@@ -26,8 +26,7 @@ def topk_select(scores_N: Tensor, k: int) -> Tensor:
         tensor([1, 3, 2])
     """
     check_scores("scores_N", scores_N)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"Expected `k` to be an int, but got {type(k).__name__}.")
+    k = as_count("k", k)
     if not 1 <= k <= scores_N.shape[0]:
         raise ValueError(f"Expected `k` to be in [1, {scores_N.shape[0]}] (the number of scores), but got {k}.")
     order = torch.sort(scores_N, descending=True, stable=True).indices

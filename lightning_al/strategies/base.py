@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lightning_al.estimators import Estimator
 from lightning_al.functional import topk_select
+from lightning_al.functional._checks import as_count
 from lightning_al.outputs import PoolOutputs
 
 
@@ -22,8 +23,7 @@ class Selection:
 
 
 def check_query_size(k: Any, available: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"Expected `k` to be an int, but got {type(k).__name__}.")
+    k = as_count("k", k)
     if not 1 <= k <= available:
         raise ValueError(f"Expected `k` to be in [1, {available}] (the unlabelled samples scored), but got {k}.")
     return k
