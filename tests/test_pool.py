@@ -562,3 +562,11 @@ def test_val_and_test_dataloaders_only_when_given():
     only_val = ActiveDataModule(ds, val_set=val_set)
     assert is_overridden("val_dataloader", only_val)
     assert not is_overridden("test_dataloader", only_val)
+
+
+def test_ids_survive_dataloader_worker_processes():
+    dm = ActiveDataModule(make_dataset(), initial_labelled=10, batch_size=4, num_workers=1)
+    batches = list(dm.train_dataloader())
+    assert all(isinstance(b, IndexedTuple) for b in batches)
+    ids = torch.cat([b.ids for b in batches])
+    assert sorted(ids.tolist()) == dm.labelled_ids.tolist()
