@@ -228,3 +228,41 @@ def test_user_oracle_labels_are_recorded(tiny_data):
     make_loop(Random(), oracle=oracle, rounds=2).run(TinyClassifier(), dm)
     asked = torch.cat(oracle.asked)
     assert asked.numel() == 10 and (dm.pool.labels[asked] == 0).all()
+
+
+def test_user_callbacks_keep_state_and_logged_metrics_reach_the_history(tiny_data):
+    import pytorch_lightning as pl
+
+    class CountFits(pl.Callback):
+        def __init__(self):
+            self.fits = 0
+            self.ids_seen: set[int] = set()
+
+        def on_fit_start(self, trainer, pl_module):
+            self.fits += 1
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ids_seen.update(al.batch_ids(batch).tolist())
+
+    class WithEval(TinyClassifier):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+        def test_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+    train, test = tiny_data
+    dm = al.ActiveDataModule(train, val_set=test, test_set=test, initial_labelled=10, batch_size=8)
+    counter = CountFits()
+    history = make_loop(Random(), trainer_kwargs={**FAST_TRAINER, "callbacks": [counter]}).run(WithEval(), dm)
+    assert counter.fits == 3
+    assert counter.ids_seen == set(dm.labelled_ids.tolist()) - set(history[-1].get("selected_ids", []))
+    assert all({"val_acc", "test_loss", "test_accuracy"} <= set(row) for row in history)
+
+
+def test_without_test_set_the_loop_still_runs(tiny_data):
+    dm = al.ActiveDataModule(tiny_data[0], initial_labelled=10, batch_size=8)
+    history = make_loop(Entropy(), rounds=1).run(TinyClassifier(), dm)
+    assert len(history) == 2 and "test_accuracy" not in history[0] and dm.num_labelled == 15
