@@ -2,7 +2,7 @@
 
 from lightning_al import functional, strategies
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
-from lightning_al.estimators import Estimator, Softmax
+from lightning_al.estimators import Estimator, MCDropout, Softmax
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.oracles import DatasetOracle, Oracle
 from lightning_al.outputs import PoolOutputs
@@ -16,6 +16,7 @@ __all__ = [
     "ActivePool",
     "DatasetOracle",
     "Estimator",
+    "MCDropout",
     "Oracle",
     "PoolOutputs",
     "Selection",

@@ -179,7 +179,7 @@ class ActiveLearningLoop:
         row["selected_ids"] = ids.tolist()
         if selection.scores is not None:
             row["selected_scores"] = selection.scores.double().tolist()
-        return selection
+        return Selection(ids=ids, scores=selection.scores)
 
     def _next_query_size(self, dm: ActiveDataModule) -> int:
         if self.rounds is not None and self.round >= self.rounds:

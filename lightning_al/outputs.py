@@ -8,6 +8,7 @@ from torch import Tensor
 
 # Names of the outputs an estimator can produce and a strategy can require.
 PROBS = "probs"  # (N, C) softmax outputs
+MC_PROBS = "mc_probs"  # (N, T, C) softmax outputs of T stochastic passes or committee members
 
 
 @dataclass

@@ -1,0 +1,6 @@
+"""Estimators: how the model's predictive distribution over the pool is obtained."""
+
+from lightning_al.estimators.base import Estimator, Softmax
+from lightning_al.estimators.mc_dropout import MCDropout
+
+__all__ = ["Estimator", "MCDropout", "Softmax"]
