@@ -117,8 +117,25 @@ class ActiveLearningLoop:
 
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
+        """The main model's Trainer: the user's arguments, plus the strategy's and estimator's callbacks."""
+        callbacks = [
+            *self.trainer_kwargs.get("callbacks", []),
+            *self.strategy.callbacks(),
+            *self.estimator.callbacks(),
+        ]
         with _quiet_trainer_setup():
-            return pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs})
+            return pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": callbacks})
+
+    def _train_member(self, dm: ActiveDataModule) -> Callable[[pl.LightningModule, int], None]:
+        """``train(module, seed)`` for estimators that fit extra modules (the user's callbacks stay out)."""
+
+        def train(module: pl.LightningModule, seed: int) -> None:
+            pl.seed_everything(seed, verbose=False)
+            with _quiet_trainer_setup():
+                trainer = pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": [], "logger": False})
+                trainer.fit(module, datamodule=dm)
+
+        return train
 
     def _eval_trainer(self) -> pl.Trainer:
         hardware = {k: self.trainer_kwargs[k] for k in _HARDWARE_KEYS if k in self.trainer_kwargs}
@@ -132,6 +149,7 @@ class ActiveLearningLoop:
         with _quiet_trainer_setup():
             trainer.fit(model, datamodule=dm)
         row.update(scalar_metrics(trainer.callback_metrics))
+        self.estimator.fit(model, self._train_member(dm))
         row["train_seconds"] = time.perf_counter() - start
         return trainer
 

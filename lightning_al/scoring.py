@@ -30,6 +30,7 @@ class _Scorer(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
+        self.estimator_modules = nn.ModuleList(estimator.modules())
         self.estimator, self.needs = estimator, needs
         self.inputs, self.targets = inputs, targets
 

@@ -1,6 +1,7 @@
 """Estimators: how the model's predictive distribution over the pool is obtained."""
 
 from lightning_al.estimators.base import Estimator, Softmax
+from lightning_al.estimators.ensembles import Committee, DeepEnsemble, SnapshotEnsemble
 from lightning_al.estimators.mc_dropout import MCDropout
 
-__all__ = ["Estimator", "MCDropout", "Softmax"]
+__all__ = ["Committee", "DeepEnsemble", "Estimator", "MCDropout", "SnapshotEnsemble", "Softmax"]

@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_al.outputs import PROBS
+
+# ``train(module, seed)`` fits ``module`` on the current labelled set with the loop's Trainer arguments.
+TrainFn = Callable[[pl.LightningModule, int], None]
 
 
 class Estimator:
     """Computes named outputs for a batch of pool inputs.
 
     Subclasses set ``provides`` (the output names they can compute) and implement
-    :meth:`predict`, which must compute only the outputs in ``needs``. Estimators with
-    state implement ``state_dict``/``load_state_dict``.
+    :meth:`predict`, which must compute only the outputs in ``needs``. Three optional
+    hooks let an estimator take part in training without the loop knowing its type:
+    :meth:`callbacks` join the main model's fit, :meth:`fit` runs after it (ensembles
+    train their other members there), and :meth:`modules` lists extra modules that must
+    move to the scoring device with the model. Estimators with state implement
+    ``state_dict``/``load_state_dict``.
     """
 
     provides: frozenset[str] = frozenset()
+
+    def callbacks(self) -> list[pl.Callback]:
+        """Callbacks added to every round's fit of the main model."""
+        return []
+
+    def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        """Called every round after the main model's fit; ``train(module, seed)`` fits another module."""
+        del model, train
+
+    def modules(self) -> list[nn.Module]:
+        """Modules besides the model that :meth:`predict` runs (moved to the scoring device with it)."""
+        return []
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -43,6 +44,10 @@ class Strategy:
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         raise NotImplementedError
+
+    def callbacks(self) -> list[pl.Callback]:
+        """Callbacks added to every round's fit (e.g. ones that record training dynamics)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -1,0 +1,133 @@
+"""Committees of models: deep ensembles, snapshot ensembles and their stochastic variants."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_al.callbacks.snapshots import SnapshotCallback
+from lightning_al.estimators.base import Estimator, Softmax, TrainFn
+from lightning_al.estimators.mc_dropout import MCDropout
+from lightning_al.outputs import MC_PROBS, PROBS
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
+
+
+def reinitialise(module: nn.Module, seed: int) -> nn.Module:
+    """Draw fresh initial weights for every submodule that has ``reset_parameters``, from ``seed``."""
+    devices = {p.device for p in module.parameters()}
+    with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]):
+        torch.manual_seed(seed)
+        resettable = [m for m in module.modules() if callable(getattr(m, "reset_parameters", None))]
+        if not resettable:
+            raise ValueError(
+                f"Expected {type(module).__name__} to have layers with `reset_parameters` so ensemble members can "
+                "be initialised independently, but it has none."
+            )
+        for submodule in resettable:
+            submodule.reset_parameters()
+    return module
+
+
+class Committee(Estimator):
+    """Base of estimators whose ``T`` axis holds committee members (optionally × MC-dropout samples).
+
+    ``mc_probs`` has shape ``(B, M · S, C)``: ``S = mc_samples_per_member`` stochastic
+    passes of each of the ``M`` members, member-major. With ``S = 1`` each member is run
+    once, deterministically; with ``S > 1`` dropout stays on (a stochastic ensemble,
+    Pop & Fulop 2018, "Deep Ensemble Bayesian Active Learning").
+    """
+
+    provides = frozenset({MC_PROBS, PROBS})
+
+    def __init__(self, mc_samples_per_member: int = 1) -> None:
+        _check_positive("mc_samples_per_member", mc_samples_per_member)
+        self.mc_samples_per_member = mc_samples_per_member
+        self._member_estimator = Softmax() if mc_samples_per_member == 1 else MCDropout(mc_samples_per_member)
+        self._members = nn.ModuleList()
+
+    def modules(self) -> list[nn.Module]:
+        return [self._members]
+
+    def members(self, model: nn.Module) -> list[nn.Module]:
+        """The committee for the current round (by default the trained extra members; see subclasses)."""
+        return list(self._members)
+
+    def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        per_member = []
+        for member in self.members(model):
+            out = self._member_estimator.predict(member, inputs, frozenset())
+            per_member.append(out[MC_PROBS] if MC_PROBS in out else out[PROBS].unsqueeze(1))
+        probs = torch.cat(per_member, dim=1)
+        return {MC_PROBS: probs, PROBS: probs.mean(dim=1)}
+
+
+class DeepEnsemble(Committee):
+    """``members`` independently initialised copies of the model, each trained every round.
+
+    The loop's model is member 0; members ``1..M-1`` are copies re-initialised from
+    ``seed + m`` and fitted through Lightning with the loop's Trainer arguments (without
+    its callbacks, which watch the main model only) on the same labelled set, from scratch
+    each round (Lakshminarayanan et al. 2017, "Simple and Scalable Predictive Uncertainty
+    Estimation using Deep Ensembles"; used for active learning by Beluch et al. 2018,
+    "The power of ensembles for active learning in image classification").
+
+    Args:
+        members: ensemble size ``M >= 2``.
+        mc_samples_per_member: MC-dropout passes per member (``> 1``: stochastic ensemble).
+        seed: members are initialised from ``seed + m`` and trained with that seed.
+    """
+
+    def __init__(self, members: int = 5, mc_samples_per_member: int = 1, seed: int = 0) -> None:
+        super().__init__(mc_samples_per_member)
+        _check_positive("members", members)
+        if members < 2:
+            raise ValueError(f"Expected `members` to be at least 2 for an ensemble, but got {members}.")
+        self.num_members, self.seed = members, seed
+
+    def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        self._members = nn.ModuleList()
+        for m in range(1, self.num_members):
+            member = reinitialise(copy.deepcopy(model), self.seed + m)
+            train(member, self.seed + m)
+            self._members.append(member.cpu())
+
+    def members(self, model: nn.Module) -> list[nn.Module]:
+        if len(self._members) != self.num_members - 1:
+            raise RuntimeError("Expected the ensemble members to be trained by the loop before scoring.")
+        return [model, *self._members]
+
+
+class SnapshotEnsemble(Committee):
+    """The weights at the end of each learning-rate cycle of one fit form the committee.
+
+    A :class:`~lightning_al.callbacks.SnapshotCallback` joins the main model's fit, drives a
+    cyclic cosine learning rate and keeps one snapshot per cycle (Huang et al. 2017,
+    "Snapshot Ensembles: Train 1, Get M for Free"); the snapshots are the cheap implicit
+    ensemble that Beluch et al. 2018 compare with deep ensembles.
+
+    Args:
+        cycles: number of learning-rate cycles, hence of members.
+        mc_samples_per_member: MC-dropout passes per snapshot (``> 1``: stochastic ensemble).
+    """
+
+    def __init__(self, cycles: int = 5, mc_samples_per_member: int = 1) -> None:
+        super().__init__(mc_samples_per_member)
+        self.snapshot_callback = SnapshotCallback(cycles)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.snapshot_callback]
+
+    def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        self._members = nn.ModuleList()
+        for state in self.snapshot_callback.snapshots:
+            member = copy.deepcopy(model).cpu()
+            member.load_state_dict(state)
+            self._members.append(member)
