@@ -16,7 +16,9 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -28,13 +30,6 @@ from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 import lightning_al as al
-
-STRATEGIES = {
-    "Random": al.strategies.Random,
-    "LeastConfidence": al.strategies.LeastConfidence,
-    "Margin": al.strategies.Margin,
-    "Entropy": al.strategies.Entropy,
-}
 
 
 class DigitsMLP(pl.LightningModule):
@@ -74,21 +69,38 @@ def digits_splits(test_size: float = 0.33) -> tuple[TensorDataset, TensorDataset
     return as_set(x_pool, y_pool), as_set(x_test, y_test)
 
 
-def run_experiment(strategy: str, seed: int, args: argparse.Namespace, progress=None) -> list[dict]:
+@dataclass(frozen=True)
+class Arm:
+    """One contender: how to build its strategy, its model and any extra training callbacks."""
+
+    strategy: Callable[[], al.Strategy]
+    model: Callable[[], pl.LightningModule] = DigitsMLP
+    callbacks: Callable[[], list[pl.Callback]] = list
+
+
+ARMS = {
+    "Random": Arm(al.strategies.Random),
+    "LeastConfidence": Arm(al.strategies.LeastConfidence),
+    "Margin": Arm(al.strategies.Margin),
+    "Entropy": Arm(al.strategies.Entropy),
+}
+
+
+def run_experiment(name: str, arm: Arm, seed: int, args: argparse.Namespace, progress=None) -> list[dict]:
     torch.set_num_threads(1)
     pool, test = digits_splits()
     datamodule = al.ActiveDataModule(
         pool, test_set=test, initial_labelled=args.initial, batch_size=32, min_steps_per_epoch=4, seed=seed
     )
     pl.seed_everything(seed, verbose=False)
-    model = DigitsMLP()
+    model = arm.model()
     loop = al.ActiveLearningLoop(
-        strategy=STRATEGIES[strategy](),
+        strategy=arm.strategy(),
         query_size=args.query_size,
         rounds=args.rounds,
-        trainer_kwargs=dict(max_epochs=args.epochs, accelerator="cpu"),
+        trainer_kwargs=dict(max_epochs=args.epochs, accelerator="cpu", callbacks=arm.callbacks()),
         seed=seed,
-        output_dir=str(Path(args.output) / f"{strategy}_seed{seed}") if args.output else None,
+        output_dir=str(Path(args.output) / f"{name}_seed{seed}") if args.output else None,
     )
     on_round_end = (lambda row: progress.put(1)) if progress is not None else None
     return loop.run(model, datamodule, on_round_end=on_round_end)
@@ -145,8 +157,9 @@ def plot(results: dict[str, list[list[dict]]], target: float, path: Path) -> Non
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(arms: dict[str, Arm], description: str, default_output: str, default_arms: list[str] | None = None) -> None:
+    """Command line: run ``arms`` over seeds in parallel, then print, save and plot the learning curves."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--initial", type=int, default=20)
@@ -154,8 +167,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--output", default="examples/results/digits")
+    parser.add_argument("--strategies", nargs="+", default=default_arms or list(arms), choices=list(arms))
+    parser.add_argument("--output", default=default_output)
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -163,7 +176,9 @@ def main() -> None:
     results: dict[str, list[list[dict]]] = {name: [None] * args.seeds for name in args.strategies}
     with mp.Manager() as manager, ProcessPoolExecutor(max_workers=args.workers) as pool:
         progress = manager.Queue()
-        futures = {pool.submit(run_experiment, name, seed, args, progress): (name, seed) for name, seed in jobs}
+        futures = {
+            pool.submit(run_experiment, name, arms[name], seed, args, progress): (name, seed) for name, seed in jobs
+        }
         with tqdm(total=len(jobs) * (args.rounds + 1), desc="rounds", unit="round") as bar:
             pending = set(futures)
             while pending:
@@ -192,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARMS, __doc__, default_output="examples/results/digits")

@@ -55,8 +55,8 @@ def test_labels_to_reach_takes_the_first_crossing():
 def test_uncertainty_strategies_need_fewer_labels_than_random_on_digits():
     args = Namespace(initial=20, query_size=10, rounds=14, epochs=50, output=None)
     reached = {}
-    for name in digits.STRATEGIES:
-        history = digits.run_experiment(name, seed=0, args=args)
+    for name, arm in digits.ARMS.items():
+        history = digits.run_experiment(name, arm, seed=0, args=args)
         reached[name] = digits.labels_to_reach(history, 0.9) or float("inf")
     for name in ("LeastConfidence", "Margin", "Entropy"):
         assert reached[name] < reached["Random"], reached
