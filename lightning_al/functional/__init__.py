@@ -4,7 +4,28 @@ No Lightning, no I/O; randomness only through an explicit ``generator``. Every s
 *higher = query first*, in nats where it is an entropy.
 """
 
+from lightning_al.functional.bayesian import (
+    bald,
+    expected_entropy,
+    kl_to_consensus,
+    mean_std,
+    predictive_entropy,
+    variation_ratio,
+    vote_entropy,
+)
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
-__all__ = ["entropy", "least_confidence", "margin", "topk_select"]
+__all__ = [
+    "bald",
+    "entropy",
+    "expected_entropy",
+    "kl_to_consensus",
+    "least_confidence",
+    "margin",
+    "mean_std",
+    "predictive_entropy",
+    "topk_select",
+    "variation_ratio",
+    "vote_entropy",
+]

@@ -1,0 +1,140 @@
+"""Strategies over ``T`` stochastic passes or committee members: BALD, variation ratios, mean STD,
+max entropy and query by committee (thin classes over :mod:`lightning_al.functional.bayesian`).
+
+Each reads the pool output ``"mc_probs"`` of shape ``(N, T, C)``. By default it comes from
+MC dropout (Gal & Ghahramani 2016) with ``mc_samples`` passes; any estimator that provides
+``"mc_probs"`` (a deep ensemble, Bayes-by-backprop samples, a committee) can be given instead.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_al.estimators.base import Estimator
+from lightning_al.estimators.mc_dropout import MCDropout
+from lightning_al.functional.bayesian import (
+    bald,
+    kl_to_consensus,
+    mean_std,
+    predictive_entropy,
+    variation_ratio,
+    vote_entropy,
+)
+from lightning_al.outputs import MC_PROBS, PoolOutputs
+from lightning_al.strategies.base import ScoreStrategy
+
+
+class _MCProbsStrategy(ScoreStrategy):
+    """Scores ``mc_probs`` with one kernel; the estimator defaults to ``MCDropout(mc_samples)``.
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"``.
+    """
+
+    requires = frozenset({MC_PROBS})
+
+    def __init__(self, mc_samples: int = 20, estimator: Estimator | None = None) -> None:
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
+        if estimator is not None:
+            if not isinstance(estimator, Estimator):
+                raise TypeError(
+                    f"Expected `estimator` to be a lightning_al Estimator or None, but got {type(estimator).__name__}."
+                )
+            if MC_PROBS not in estimator.provides:
+                raise ValueError(
+                    f"Expected `estimator` to provide {MC_PROBS!r} (T stochastic passes or committee members), "
+                    f"but {type(estimator).__name__} provides only {sorted(estimator.provides)}."
+                )
+        self.mc_samples = mc_samples
+        self.estimator = estimator if estimator is not None else MCDropout(mc_samples)
+
+    def __repr__(self) -> str:
+        if isinstance(self.estimator, MCDropout):
+            return f"{type(self).__name__}(mc_samples={self.estimator.mc_samples})"
+        return f"{type(self).__name__}(estimator={type(self.estimator).__name__})"
+
+
+class BALD(_MCProbsStrategy):
+    """Query the largest mutual information between label and model, ``H[mean_t p_t] - mean_t H[p_t]``.
+
+    Prefers samples on which the members are each confident but disagree. Houlsby et al.
+    2011, "Bayesian Active Learning for Classification and Preference Learning"; Gal, Islam
+    & Ghahramani 2017, "Deep Bayesian Active Learning with Image Data".
+    """
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return bald(outputs[MC_PROBS])
+
+
+class VariationRatios(_MCProbsStrategy):
+    """Query the least unanimous votes: ``1 - (votes for the modal argmax class) / T``.
+
+    Freeman 1965, "Elementary Applied Statistics"; Gal et al. 2017, "Deep Bayesian Active
+    Learning with Image Data".
+    """
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return variation_ratio(outputs[MC_PROBS])
+
+
+class MeanSTD(_MCProbsStrategy):
+    """Query the largest spread across members, ``mean_c sqrt(E_t[p_c^2] - (E_t p_c)^2)``.
+
+    Kampffmeyer, Salberg & Jenssen 2016, "Semantic Segmentation of Small Objects and
+    Modeling of Uncertainty in Urban Remote Sensing Images Using Deep Convolutional Neural
+    Networks".
+    """
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return mean_std(outputs[MC_PROBS])
+
+
+class MaxEntropy(_MCProbsStrategy):
+    """Query the highest entropy of the averaged prediction, ``H[mean_t p_t]``.
+
+    Shannon 1948; the "Max Entropy" acquisition of Gal et al. 2017, "Deep Bayesian Active
+    Learning with Image Data".
+    """
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return predictive_entropy(outputs[MC_PROBS])
+
+
+_DISAGREEMENTS = {"vote_entropy": vote_entropy, "kl": kl_to_consensus}
+
+
+class QBC(_MCProbsStrategy):
+    """Query by committee: query where the ``T`` members disagree most.
+
+    Seung, Opper & Sompolinsky 1992, "Query by Committee". The disagreement is the vote
+    entropy (Dagan & Engelson 1995, "Committee-Based Sampling for Training Probabilistic
+    Classifiers") or the mean KL divergence of each member from the consensus (McCallum &
+    Nigam 1998, "Employing EM and Pool-Based Active Learning for Text Classification"). The
+    committee is the estimator's members: MC-dropout passes by default, or e.g. a deep
+    ensemble (Beluch et al. 2018, "The Power of Ensembles for Active Learning in Image
+    Classification").
+
+    Args:
+        disagreement: ``"vote_entropy"`` or ``"kl"``.
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"``.
+    """
+
+    def __init__(
+        self, disagreement: str = "vote_entropy", mc_samples: int = 20, estimator: Estimator | None = None
+    ) -> None:
+        if not isinstance(disagreement, str) or disagreement not in _DISAGREEMENTS:
+            allowed = " or ".join(repr(name) for name in _DISAGREEMENTS)
+            raise ValueError(f"Expected `disagreement` to be {allowed}, but got {disagreement!r}.")
+        super().__init__(mc_samples=mc_samples, estimator=estimator)
+        self.disagreement = disagreement
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return _DISAGREEMENTS[self.disagreement](outputs[MC_PROBS])
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", disagreement={self.disagreement!r})"
