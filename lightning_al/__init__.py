@@ -1,8 +1,8 @@
 """lightning_al: deep active learning for PyTorch Lightning."""
 
-from lightning_al import functional, strategies
+from lightning_al import bayes, callbacks, estimators, functional, strategies
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
-from lightning_al.estimators import Estimator, MCDropout, Softmax
+from lightning_al.estimators import BayesByBackprop, DeepEnsemble, Estimator, MCDropout, SnapshotEnsemble, Softmax
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.oracles import DatasetOracle, Oracle
 from lightning_al.outputs import PoolOutputs
@@ -14,15 +14,21 @@ __all__ = [
     "ActiveDataModule",
     "ActiveLearningLoop",
     "ActivePool",
+    "BayesByBackprop",
     "DatasetOracle",
+    "DeepEnsemble",
     "Estimator",
     "MCDropout",
     "Oracle",
     "PoolOutputs",
     "Selection",
+    "SnapshotEnsemble",
     "Softmax",
     "Strategy",
     "batch_ids",
+    "bayes",
+    "callbacks",
+    "estimators",
     "functional",
     "strategies",
 ]
