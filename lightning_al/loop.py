@@ -106,6 +106,12 @@ class ActiveLearningLoop:
         self.strategy = strategy
         self.query_size, self.rounds, self.budget = query_size, rounds, budget
         self.estimator = estimator or strategy.estimator or Softmax()
+        missing = frozenset(strategy.requires) - self.estimator.provides
+        if missing:
+            raise ValueError(
+                f"Expected the estimator {type(self.estimator).__name__} to provide what {strategy!r} requires, "
+                f"{sorted(strategy.requires)}, but it provides only {sorted(self.estimator.provides)}."
+            )
         self.oracle = oracle
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.reset_weights, self.seed = reset_weights, seed

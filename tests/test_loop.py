@@ -198,8 +198,8 @@ def test_estimator_that_cannot_provide_the_requirement_is_refused(tiny_data):
     class NoProbs(al.Estimator):
         provides = frozenset({"embeddings"})
 
-    with pytest.raises(ValueError, match="provide \\['probs'\\], but it provides only \\['embeddings'\\]"):
-        make_loop(Entropy(), estimator=NoProbs(), rounds=1).run(TinyClassifier(), make_dm(tiny_data))
+    with pytest.raises(ValueError, match=r"Entropy\(\) requires, \['probs'\], but it provides only \['embeddings'\]"):
+        make_loop(Entropy(), estimator=NoProbs(), rounds=1)
 
 
 def test_random_needs_no_model_outputs(tiny_data):

@@ -4,6 +4,7 @@ No Lightning, no I/O; randomness only through an explicit ``generator``. Every s
 *higher = query first*, in nats where it is an entropy.
 """
 
+from lightning_al.functional.batch_bald import batchbald, batchbald_with_gains
 from lightning_al.functional.bayesian import (
     bald,
     expected_entropy,
@@ -18,6 +19,8 @@ from lightning_al.functional.uncertainty import entropy, least_confidence, margi
 
 __all__ = [
     "bald",
+    "batchbald",
+    "batchbald_with_gains",
     "entropy",
     "expected_entropy",
     "kl_to_consensus",

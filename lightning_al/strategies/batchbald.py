@@ -1,0 +1,59 @@
+"""BatchBALD (Kirsch, van Amersfoort & Gal 2019): a batch chosen jointly, not point by point."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_al.estimators.base import Estimator
+from lightning_al.estimators.mc_dropout import MCDropout
+from lightning_al.functional.batch_bald import batchbald_with_gains
+from lightning_al.outputs import MC_PROBS, PoolOutputs
+from lightning_al.strategies.base import Selection, Strategy, check_query_size
+
+
+class BatchBALD(Strategy):
+    """Greedily maximise the mutual information between the batch's joint labels and the model.
+
+    Unlike top-``k`` BALD, a point that would repeat what an already chosen point tells the
+    model adds little, so near-duplicates are not queried together. See
+    :func:`lightning_al.functional.batch_bald.batchbald` for the objective and its cost.
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default :class:`MCDropout` estimator.
+        num_samples: largest exact joint-configuration table; sampled configurations beyond it.
+        estimator: computes ``mc_probs`` of shape ``(N, T, C)``; defaults to ``MCDropout(mc_samples)``.
+
+    ``select`` returns the picks in greedy order with, as scores, the acquisition value each
+    pick adds (nats; the first is its BALD score).
+
+    Reference: Kirsch, van Amersfoort & Gal 2019, "BatchBALD: Efficient and Diverse Batch
+    Acquisition for Deep Bayesian Active Learning".
+    """
+
+    requires = frozenset({MC_PROBS})
+
+    def __init__(self, mc_samples: int = 20, num_samples: int = 10_000, estimator: Estimator | None = None) -> None:
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"Expected `num_samples` to be an int >= 1, but got {num_samples!r}.")
+        if estimator is None:
+            estimator = MCDropout(mc_samples)
+        elif not isinstance(estimator, Estimator):
+            raise TypeError(f"Expected `estimator` to be a lightning_al Estimator, but got {type(estimator).__name__}.")
+        elif MC_PROBS not in estimator.provides:
+            raise ValueError(
+                f"Expected `estimator` to provide {MC_PROBS!r} (T stochastic passes or members), but "
+                f"{type(estimator).__name__} provides {sorted(estimator.provides)}."
+            )
+        self.mc_samples = mc_samples
+        self.num_samples = num_samples
+        self.estimator = estimator
+
+    def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        k = check_query_size(k, len(outputs))
+        picks, gains = batchbald_with_gains(outputs[MC_PROBS], k, num_samples=self.num_samples, generator=generator)
+        return Selection(ids=outputs.ids[picks.to(outputs.ids.device)], scores=gains)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mc_samples={self.mc_samples}, num_samples={self.num_samples})"
