@@ -1,7 +1,46 @@
-"""Monte Carlo dropout (Gal & Ghahramani 2016): dropout stays on at inference."""
+"""Monte Carlo dropout (Gal & Ghahramani 2016) with the deterministic prefix computed once per batch.
+
+Dropout stays stochastic at inference while the rest of the model is in eval mode (batch
+norm uses its running statistics); ``T`` stochastic passes give ``mc_probs`` ``(B, T, C)``.
+Two ways to run the ``T`` passes on a batch of ``B``, both on an unmodified model:
+
+- **Cached prefix** (default). A forward pre-hook on the dropout layers tiles the input of
+  the first dropout layer that runs ``T`` times along the batch axis, *t-major*
+  (``x.repeat(T, 1, ...)``: row ``t * B + b`` is pass ``t`` of sample ``b``). Everything
+  before that layer runs once on ``B`` rows, everything after it once on ``T * B`` rows,
+  and the logits ``(T * B, C)`` are viewed as ``(T, B, C)``. Exact when the layers after the
+  first dropout only combine tensors derived from its input (or broadcast a single row).
+- **Full tile** (fallback). If the cached forward fails (e.g. a skip connection from before
+  the dropout is added after it: ``B`` rows meet ``T * B`` rows), or a later dropout layer gets
+  a row count that is not a multiple of ``T``, or the output is not ``(T * B, C)``, the whole
+  input is tiled ``T`` times (same layout) and one forward runs on ``T * B`` rows. A warning is
+  issued once per model, which takes this path from then on.
+
+Memory: when ``T * B`` exceeds ``max_rows`` the passes run in groups of ``max(1, max_rows // B)``,
+one forward per group (the prefix then runs once per group, still far fewer forwards than ``T``).
+
+Masks. The dropout layers are put in eval mode and a forward hook multiplies each layer's
+input by ``keep / (1 - p)`` with ``keep ~ Bernoulli(1 - p)`` (inverted dropout, the
+distribution ``nn.Dropout`` samples): elementwise for ``nn.Dropout``, whole channels (axis 1)
+for ``nn.Dropout1d/2d/3d``. The masks come from the estimator's own generator, seeded by
+``(seed, call number)``, so scoring is reproducible; drawing them as ``uniform >= p`` is also
+several times cheaper on CPU than ``nn.Dropout``'s Bernoulli sampler. Alpha dropout layers keep
+their own sampling. With ``consistent_masks=True`` (consistent MC dropout, Kirsch et al. 2019)
+the ``T`` masks of each layer are drawn once from ``seed`` per layer and feature shape and reused
+for every batch, so pass ``t`` of every pool sample runs the same sub-network.
+
+References: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation: Representing Model
+Uncertainty in Deep Learning"; Gal, Islam & Ghahramani 2017, "Deep Bayesian Active Learning
+with Image Data"; Kirsch, van Amersfoort & Gal 2019, "BatchBALD: Efficient and Diverse Batch
+Acquisition for Deep Bayesian Active Learning".
+"""
 
 from __future__ import annotations
 
+import warnings
+import weakref
+import zlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -11,6 +50,11 @@ from lightning_al.estimators.base import Estimator
 from lightning_al.outputs import MC_PROBS, PROBS
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_CHANNEL_DROPOUT_TYPES = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_ALPHA_DROPOUT_TYPES = (nn.AlphaDropout, nn.FeatureAlphaDropout)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_MASK_CACHE_SIZE = 32  # consistent-mask entries kept; variable feature shapes evict the oldest
+_MASK64 = (1 << 64) - 1
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -18,39 +62,337 @@ def dropout_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _DROPOUT_TYPES) and m.p > 0]
 
 
-class MCDropout(Estimator):
-    """``T`` stochastic forward passes with dropout active: ``mc_probs`` of shape ``(B, T, C)``.
+def _named_dropout_layers(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: name for name, m in model.named_modules() if isinstance(m, _DROPOUT_TYPES) and m.p > 0}
 
-    The model is in eval mode (batch norm uses running statistics) except its dropout
-    layers, which sample a fresh mask on every pass. ``probs`` is the mean over the passes.
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed that depends on every value (splitmix64-style mixing)."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = ((state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        state ^= state >> 31
+    return state >> 1
+
+
+class _UnsafePrefix(Exception):
+    """The cached-prefix forward cannot be trusted for this model; use the full tile."""
+
+
+def _batch_size(inputs: Any) -> int | None:
+    """Length of the first axis of the first tensor in ``inputs`` (tensor, or nested tuple/list/dict)."""
+    if isinstance(inputs, Tensor):
+        return int(inputs.shape[0]) if inputs.ndim > 0 else None
+    items = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
+    for item in items:
+        size = _batch_size(item)
+        if size is not None:
+            return size
+    return None
+
+
+def _tile(inputs: Any, batch: int, repeats: int) -> Any:
+    """Every tensor of ``inputs`` whose first axis has ``batch`` rows repeated t-major: ``(repeats * batch, ...)``."""
+    if isinstance(inputs, Tensor):
+        if inputs.ndim == 0 or inputs.shape[0] != batch:
+            return inputs
+        return inputs.repeat(repeats, *([1] * (inputs.ndim - 1)))
+    if isinstance(inputs, dict):
+        return type(inputs)((key, _tile(value, batch, repeats)) for key, value in inputs.items())
+    if isinstance(inputs, tuple) and hasattr(inputs, "_fields"):  # namedtuple
+        return type(inputs)(*(_tile(value, batch, repeats) for value in inputs))
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_tile(value, batch, repeats) for value in inputs)
+    return inputs
+
+
+def _mask_features(module: nn.Module, x: Tensor) -> tuple[int, ...]:
+    """Mask shape of one row: all features for ``nn.Dropout``, channels (axis 1) for channel dropout."""
+    if isinstance(module, _CHANNEL_DROPOUT_TYPES):
+        return (int(x.shape[1]), *([1] * (x.ndim - 2)))
+    return tuple(int(s) for s in x.shape[1:])
+
+
+def _inverted_scale(p: float) -> float:
+    return 0.0 if p >= 1 else 1.0 / (1.0 - p)
+
+
+class _PassHooks:
+    """Hooks for one forward that runs MC passes ``start, ..., start + count - 1`` on every row.
+
+    ``before`` (a pre-hook on every dropout layer) tiles the first dropout input ``count`` times
+    when ``tile_first`` and checks that later dropout inputs have ``count * k`` rows. ``after``
+    (a forward hook on the non-alpha dropout layers, which are in eval mode so their output is
+    their input) multiplies the input by ``keep / (1 - p)``: stored masks viewed as
+    ``(count, 1, *features)`` against rows ``(count, rows / count, ...)`` when masks are
+    consistent, else fresh masks ``(rows, *features)`` from ``generator_seed``.
+    """
+
+    def __init__(
+        self,
+        estimator: MCDropout,
+        names: dict[nn.Module, str],
+        start: int,
+        count: int,
+        tile_first: bool,
+        generator_seed: int,
+    ) -> None:
+        self.estimator, self.names = estimator, names
+        self.start, self.count, self.tile_first = start, count, tile_first
+        self.generator_seed = generator_seed
+        self.generators: dict[torch.device, torch.Generator] = {}
+        self.calls = 0
+
+    def before(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        self.calls += 1
+        x = args[0]
+        if self.tile_first and self.calls == 1:
+            return (x.repeat(self.count, *([1] * (x.ndim - 1))), *args[1:])
+        if (self.tile_first or self.estimator.consistent_masks) and (x.ndim == 0 or x.shape[0] % self.count):
+            problem = (
+                f"dropout layer {self.names[module]!r} received {tuple(x.shape)}, whose first axis is not a "
+                f"multiple of the {self.count} passes"
+            )
+            if self.tile_first:
+                raise _UnsafePrefix(problem)
+            raise ValueError(f"Expected t-major rows at every dropout layer for consistent masks, but {problem}.")
+        return None
+
+    def after(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        x = args[0]
+        features = _mask_features(module, x)
+        if self.estimator.consistent_masks:
+            scaled_T_F = self.estimator._scaled_masks(self.names[module], module.p, features, x)
+            scaled_G_1_F = scaled_T_F[self.start : self.start + self.count].unsqueeze(1)
+            return (x.reshape(self.count, -1, *x.shape[1:]) * scaled_G_1_F).reshape(x.shape)
+        if x.device not in self.generators:
+            self.generators[x.device] = torch.Generator(device=x.device).manual_seed(self.generator_seed)
+        exact = x.dtype in (torch.float32, torch.float64)  # low-precision uniforms would round p
+        uniform_R_F = torch.rand(
+            (x.shape[0], *features),
+            generator=self.generators[x.device],
+            device=x.device,
+            dtype=x.dtype if exact else torch.float32,
+        )
+        scaled_R_F = uniform_R_F.ge_(module.p).mul_(_inverted_scale(module.p))  # in place: 0 or 1 / (1 - p)
+        if exact and scaled_R_F.shape == x.shape and not x.requires_grad:
+            return scaled_R_F.mul_(x)
+        return x * scaled_R_F.to(x.dtype)
+
+
+class MCDropout(Estimator):
+    """``T`` stochastic passes with dropout active: ``mc_probs`` ``(B, T, C)`` and their mean ``probs`` ``(B, C)``.
+
+    ``mc_probs[b, t] = softmax(f(x_b; mask_t))``, ``probs[b] = mean_t mc_probs[b, t]``. The layers
+    before the first dropout layer run once per batch (see the module docstring for the
+    mechanism, its fallback and the t-major layout). Train/eval modes are restored exactly and
+    every hook is removed afterwards, also when the forward raises.
 
     Args:
         mc_samples: number of stochastic passes ``T``.
+        consistent_masks: draw the ``T`` masks of each dropout layer once (from ``seed``) and reuse
+            them for every batch of the pool, so pass ``t`` is the same sub-network for every sample
+            (Kirsch et al. 2019). Supports ``nn.Dropout`` and ``nn.Dropout1d/2d/3d``.
+        seed: seeds the masks: the consistent ones, or (independent masks) those of call ``n`` of
+            :meth:`predict` with ``(seed, n)``; ``n`` is kept in :meth:`state_dict`.
+        cache_prefix: compute the part before the first dropout once per batch; False always tiles
+            the whole input (one forward on ``T * B`` rows).
+        max_rows: most rows one forward may process (``T * B`` is split into groups of passes above
+            it); None for no limit.
 
-    Reference: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"; Gal et al. 2017,
-    "Deep Bayesian Active Learning with Image Data".
+    Reference: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"; Gal, Islam & Ghahramani
+    2017, "Deep Bayesian Active Learning with Image Data"; Kirsch et al. 2019, "BatchBALD".
     """
 
     provides = frozenset({MC_PROBS, PROBS})
 
-    def __init__(self, mc_samples: int = 20) -> None:
+    def __init__(
+        self,
+        mc_samples: int = 20,
+        consistent_masks: bool = False,
+        seed: int = 0,
+        cache_prefix: bool = True,
+        max_rows: int | None = 8192,
+    ) -> None:
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
+        for name, value in (("consistent_masks", consistent_masks), ("cache_prefix", cache_prefix)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Expected `seed` to be an int, but got {seed!r}.")
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"Expected `max_rows` to be an int >= 1 or None, but got {max_rows!r}.")
         self.mc_samples = mc_samples
+        self.consistent_masks, self.seed = consistent_masks, seed
+        self.cache_prefix, self.max_rows = cache_prefix, max_rows
+        self.calls = 0  # predict calls so far: call n draws independent masks from (seed, n)
+        self._reset_runtime_state()
 
+    # ----- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        calls = state.get("calls", 0) if isinstance(state, dict) else state
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise ValueError(f"Expected `state['calls']` to be an int >= 0, but got {calls!r}.")
+        self.calls = calls
+
+    def _reset_runtime_state(self) -> None:
+        # Caches only (not pickled): which models need the full tile, and the consistent masks.
+        self._full_tile_models: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._masks: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_full_tile_models", "_masks")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime_state()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(mc_samples={self.mc_samples}, consistent_masks={self.consistent_masks}, "
+            f"seed={self.seed}, cache_prefix={self.cache_prefix}, max_rows={self.max_rows})"
+        )
+
+    # ----- consistent masks ----------------------------------------------------------------
+    def consistent_mask(self, name: str, p: float, feature_shape: tuple[int, ...]) -> Tensor:
+        """Keep-mask ``BoolTensor[T, *feature_shape]`` of the dropout layer ``name`` (its qualified module name).
+
+        ``mask[t] = u_t >= p`` with ``u_t ~ Uniform[0, 1)`` from a CPU generator seeded by
+        ``(seed, name, feature_shape)``: the same for every batch, call and device.
+        """
+        key = ("uniform", name, tuple(feature_shape))
+        if key not in self._masks:
+            where = zlib.crc32(f"{name}|{tuple(feature_shape)}".encode())
+            generator = torch.Generator().manual_seed(_mix(self.seed, where))
+            self._remember(key, torch.rand((self.mc_samples, *feature_shape), generator=generator))
+        self._masks.move_to_end(key)
+        return self._masks[key] >= p
+
+    def _scaled_masks(self, name: str, p: float, feature_shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``mask / (1 - p)`` in ``like``'s dtype and device, shape ``(T, *feature_shape)``."""
+        key = ("scaled", name, p, tuple(feature_shape), like.device, like.dtype)
+        if key not in self._masks:
+            mask = self.consistent_mask(name, p, feature_shape).to(torch.float64) * _inverted_scale(p)
+            self._remember(key, mask.to(device=like.device, dtype=like.dtype))
+        self._masks.move_to_end(key)
+        return self._masks[key]
+
+    def _remember(self, key: tuple[Any, ...], value: Tensor) -> None:
+        self._masks[key] = value
+        while len(self._masks) > _MASK_CACHE_SIZE:
+            self._masks.popitem(last=False)
+
+    # ----- prediction ----------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
-        layers = dropout_layers(model)
-        if not layers:
+        names = _named_dropout_layers(model)
+        if not names:
+            zero = [name for name, m in model.named_modules() if isinstance(m, _DROPOUT_TYPES)]
+            found = f"only dropout layers with p = 0 ({zero})" if zero else "no dropout layer"
             raise ValueError(
-                f"Expected the model to contain dropout layers with p > 0 for MCDropout, but "
-                f"{type(model).__name__} has none: every pass would be identical and BALD would be 0."
+                f"Expected the model to contain a dropout module (nn.Dropout, nn.Dropout2d, ...) with p > 0 for "
+                f"MCDropout, but {type(model).__name__} has {found}: every pass would be identical and BALD would be "
+                "0 (functional dropout calls cannot be switched on at inference)."
             )
-        model.eval()
-        for layer in layers:
-            layer.train()
+        if self.consistent_masks:
+            alpha = [name for m, name in names.items() if isinstance(m, _ALPHA_DROPOUT_TYPES)]
+            if alpha:
+                raise ValueError(
+                    f"Expected nn.Dropout or nn.Dropout1d/2d/3d layers for `consistent_masks=True`, but "
+                    f"{type(model).__name__} has alpha dropout layers {alpha}; use consistent_masks=False."
+                )
+        batch = _batch_size(inputs)
+        if batch is None or batch < 1:
+            raise TypeError(
+                "Expected `inputs` to be a tensor, or a tuple/list/dict holding tensors, whose first axis is a "
+                f"non-empty batch, but got {type(inputs).__name__} with batch size {batch}."
+            )
+        per_forward = self.mc_samples if self.max_rows is None else max(1, min(self.mc_samples, self.max_rows // batch))
+        call_seed = _mix(self.seed, self.calls)
+        self.calls += 1
+        modes = [(m, m.training) for m in model.modules()]
         try:
-            probs = torch.stack([torch.softmax(model(inputs).float(), dim=-1) for _ in range(self.mc_samples)], dim=1)
+            model.eval()
+            for layer in names:  # alpha dropout samples by itself; the hooks mask for the others
+                layer.train(isinstance(layer, _ALPHA_DROPOUT_TYPES))
+            groups = []  # (B, passes, C) per forward
+            for start in range(0, self.mc_samples, per_forward):
+                count = min(per_forward, self.mc_samples - start)
+                groups.append(self._passes(model, inputs, names, batch, start, count, _mix(call_seed, start)))
         finally:
-            for layer in layers:
-                layer.eval()
-        return {MC_PROBS: probs, PROBS: probs.mean(dim=1)}
+            for module, training in modes:
+                module.training = training
+        probs_B_T_C = groups[0].contiguous() if len(groups) == 1 else torch.cat(groups, dim=1)
+        return {MC_PROBS: probs_B_T_C, PROBS: probs_B_T_C.mean(dim=1)}
+
+    def _passes(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        names: dict[nn.Module, str],
+        batch: int,
+        start: int,
+        count: int,
+        generator_seed: int,
+    ) -> Tensor:
+        """Probabilities ``(B, count, C)`` of passes ``start .. start + count - 1``."""
+        if self.cache_prefix and model not in self._full_tile_models:
+            try:
+                return self._forward(model, inputs, names, batch, start, count, True, generator_seed)
+            except _OUT_OF_MEMORY:
+                raise
+            except Exception as error:  # the user's forward failed on tiled rows: retry on the full tile
+                reason = f"{type(error).__name__}: {error}"
+            tiled = _tile(inputs, batch, count)
+            probs = self._forward(model, tiled, names, batch, start, count, False, generator_seed)
+            self._full_tile_models.add(model)
+            warnings.warn(
+                f"MCDropout could not compute the part of {type(model).__name__} before its first dropout layer "
+                f"once per batch ({reason}); it now tiles the whole input {self.mc_samples} times instead "
+                "(still batched, but slower). Pass cache_prefix=False to skip the attempt.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return probs
+        tiled = _tile(inputs, batch, count) if count > 1 else inputs
+        return self._forward(model, tiled, names, batch, start, count, False, generator_seed)
+
+    def _forward(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        names: dict[nn.Module, str],
+        batch: int,
+        start: int,
+        count: int,
+        tile_first: bool,
+        generator_seed: int,
+    ) -> Tensor:
+        hooks = _PassHooks(self, names, start, count, tile_first, generator_seed)
+        handles = []
+        try:
+            for layer in names:
+                handles.append(layer.register_forward_pre_hook(hooks.before))
+                if not isinstance(layer, _ALPHA_DROPOUT_TYPES):
+                    handles.append(layer.register_forward_hook(hooks.after))
+            logits = model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        rows = count * batch
+        if hooks.calls == 0:
+            message = f"none of the dropout layers of {type(model).__name__} ran during its forward"
+            if tile_first:
+                raise _UnsafePrefix(message)
+            raise ValueError(f"Expected the model's forward to run its dropout layers, but {message}.")
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            message = f"the forward returned {shape} for {count} passes over {batch} samples"
+            if tile_first:
+                raise _UnsafePrefix(message)
+            raise ValueError(f"Expected logits of shape ({rows}, C) from the tiled input, but {message}.")
+        probs_G_B_C = torch.softmax(logits.float(), dim=-1).view(count, batch, -1)
+        return probs_G_B_C.transpose(0, 1)

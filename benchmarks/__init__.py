@@ -1,0 +1,1 @@
+"""Benchmarks for lightning_al, run as ``python -m benchmarks.<name>``."""
