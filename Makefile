@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-bayesian bench test lint clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: install
 	$(BIN)/python examples/digits.py
+
+demo-bayesian: install
+	$(BIN)/python examples/digits_bayesian.py
+
+bench: install
+	$(BIN)/python -m benchmarks.mc_dropout
 
 test: install
 	$(BIN)/python -m pytest -q

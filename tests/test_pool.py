@@ -570,3 +570,11 @@ def test_ids_survive_dataloader_worker_processes():
     assert all(isinstance(b, IndexedTuple) for b in batches)
     ids = torch.cat([b.ids for b in batches])
     assert sorted(ids.tolist()) == dm.labelled_ids.tolist()
+
+
+def test_min_steps_per_epoch_gives_whole_batches_only():
+    dm = ActiveDataModule(make_dataset(), initial_labelled=18, batch_size=8, min_steps_per_epoch=1)
+    sizes = [b.ids.numel() for b in dm.train_dataloader()]
+    assert sizes == [8, 8, 8]  # 18 labels: 3 full batches, the last one topped up from the next shuffle
+    plain = ActiveDataModule(make_dataset(), initial_labelled=18, batch_size=8)
+    assert [b.ids.numel() for b in plain.train_dataloader()] == [8, 8, 2]

@@ -53,8 +53,9 @@ class ActiveDataModule(pl.LightningDataModule):
         num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
         batch_size: training batch size.
         eval_batch_size: batch size for the pool, validation and test sets.
-        min_steps_per_epoch: while the labelled set is small, repeat it (in fresh shuffles) so that
-            every epoch has at least this many steps. ``0`` disables.
+        min_steps_per_epoch: repeat the labelled set in fresh shuffles so that every epoch has at
+            least this many steps, all of full ``batch_size`` (the last batch is topped up from the
+            next shuffle instead of being a noisy remainder). ``0`` disables: one pass per epoch.
         num_workers: dataloader workers.
         input_key: where the model input sits in a batch (tuple index or dict key).
         target_key: where the target sits in a dataset item (tuple index or dict key).
@@ -178,7 +179,10 @@ class ActiveDataModule(pl.LightningDataModule):
         if ids.numel() == 0:
             raise ValueError("Expected at least one labelled sample to train on, but the pool has none.")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ids.numel())
-        sampler = RepeatedShuffleSampler(ids.numel(), self.min_steps_per_epoch * self.batch_size, generator)
+        num_samples = ids.numel()
+        if self.min_steps_per_epoch:  # whole batches only: the last one is topped up from the next shuffle
+            num_samples = max(self.min_steps_per_epoch, -(-num_samples // self.batch_size)) * self.batch_size
+        sampler = RepeatedShuffleSampler(ids.numel(), num_samples, generator)
         labelled = _PoolLabelled(self.train_set, self.pool, self.target_key)
         return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
 
