@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
 from lightning_al.history import scalar_metrics, write_json_atomic
@@ -49,14 +50,6 @@ def _quiet_trainer_setup() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
 
 
 class ActiveLearningLoop:
@@ -98,9 +91,9 @@ class ActiveLearningLoop:
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
-        _check_int("query_size", query_size, 1)
-        _check_int("rounds", rounds, 0, optional=True)
-        _check_int("budget", budget, 1, optional=True)
+        check_int("query_size", query_size, 1)
+        check_int("rounds", rounds, 0, optional=True)
+        check_int("budget", budget, 1, optional=True)
         if oracle is not None and not isinstance(oracle, Oracle):
             raise TypeError(f"Expected `oracle` to have a `label(ids)` method, but got {type(oracle).__name__}.")
         self.strategy = strategy

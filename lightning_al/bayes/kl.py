@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.bayes.layers import _BayesLayer
 
@@ -44,8 +45,7 @@ def kl_minibatch_weights(num_batches: int, kl_weighting: str = "uniform") -> Ten
     ``"uniform"``: ``pi_i = 1 / M``. ``"blundell"``: ``pi_i = 2^(M - i) / (2^M - 1)``, evaluated as
     ``2^-i / (1 - 2^-M)`` so that large ``M`` does not overflow (Blundell et al. 2015, §3.4).
     """
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"Expected `num_batches` to be an int >= 1, but got {num_batches!r}.")
+    check_int("num_batches", num_batches, 1)
     if kl_weighting == "uniform":
         return torch.full((num_batches,), 1.0 / num_batches, dtype=torch.float64)
     if kl_weighting == "blundell":

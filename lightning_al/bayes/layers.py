@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _reverse_repeat_tuple
 
+from lightning_al._validation import check_int
+
 PRIORS = ("gaussian", "mixture")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -295,8 +297,7 @@ class BayesConv2d(_BayesLayer):
         super().__init__()
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"Expected `padding_mode` to be one of {_PADDING_MODES}, but got {padding_mode!r}.")
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"Expected `groups` to be an int >= 1, but got {groups!r}.")
+        check_int("groups", groups, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"Expected `in_channels` ({in_channels}) and `out_channels` ({out_channels}) to be divisible by "

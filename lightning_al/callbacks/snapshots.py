@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_al._validation import check_int
+
 
 def cyclic_cosine_factor(step: int, total_steps: int, cycles: int) -> float:
     r"""Learning-rate multiplier of the cyclic cosine schedule at ``step`` (0-based).
@@ -35,8 +37,7 @@ class SnapshotCallback(pl.Callback):
     """
 
     def __init__(self, cycles: int = 5) -> None:
-        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
-            raise ValueError(f"Expected `cycles` to be an int >= 1, but got {cycles!r}.")
+        check_int("cycles", cycles, 1)
         self.cycles = cycles
         self.snapshots: list[dict[str, Tensor]] = []
         self._base_lrs: list[list[float]] = []

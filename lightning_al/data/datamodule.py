@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_al._validation import check_int
 from lightning_al.data.batches import IdDataset, collate_with_ids, move_indexed_batch
 from lightning_al.data.pool import ActivePool
 from lightning_al.data.samplers import RepeatedShuffleSampler
@@ -27,11 +28,6 @@ class _PoolLabelled(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return replace_target(self.dataset[index], self.target_key, int(self.pool.labels[index]))
-
-
-def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an int >= {minimum}, but got {value!r}.")
 
 
 class ActiveDataModule(pl.LightningDataModule):
@@ -87,9 +83,9 @@ class ActiveDataModule(pl.LightningDataModule):
                 f"Expected `pool_set` to hold the same {len(train_set)} samples as `train_set`, "
                 f"but got {len(pool_set)} samples."
             )
-        _check_positive("initial_labelled", initial_labelled, minimum=0)
+        check_int("initial_labelled", initial_labelled, 0)
         if initial_per_class is not None:
-            _check_positive("initial_per_class", initial_per_class)
+            check_int("initial_per_class", initial_per_class, 1)
             if initial_labelled:
                 raise ValueError(
                     "Expected one of `initial_labelled` (random) or `initial_per_class` (balanced), "
@@ -100,10 +96,10 @@ class ActiveDataModule(pl.LightningDataModule):
                 f"Expected `initial_labelled` to be at most the {len(train_set)} samples of `train_set`, "
                 f"but got {initial_labelled}."
             )
-        _check_positive("batch_size", batch_size)
-        _check_positive("eval_batch_size", eval_batch_size)
-        _check_positive("min_steps_per_epoch", min_steps_per_epoch, minimum=0)
-        _check_positive("num_workers", num_workers, minimum=0)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("min_steps_per_epoch", min_steps_per_epoch, 0)
+        check_int("num_workers", num_workers, 0)
         self.train_set = train_set
         self.pool_set = pool_set if pool_set is not None else train_set
         self.val_set, self.test_set = val_set, test_set

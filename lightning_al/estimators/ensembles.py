@@ -9,15 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_al._validation import check_int
 from lightning_al.callbacks.snapshots import SnapshotCallback
 from lightning_al.estimators.base import Estimator, Softmax, TrainFn
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.outputs import MC_PROBS, PROBS
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
 
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:
@@ -48,7 +44,7 @@ class Committee(Estimator):
     provides = frozenset({MC_PROBS, PROBS})
 
     def __init__(self, mc_samples_per_member: int = 1) -> None:
-        _check_positive("mc_samples_per_member", mc_samples_per_member)
+        check_int("mc_samples_per_member", mc_samples_per_member, 1)
         self.mc_samples_per_member = mc_samples_per_member
         self._member_estimator = Softmax() if mc_samples_per_member == 1 else MCDropout(mc_samples_per_member)
         self._members = nn.ModuleList()
@@ -87,7 +83,7 @@ class DeepEnsemble(Committee):
 
     def __init__(self, members: int = 5, mc_samples_per_member: int = 1, seed: int = 0) -> None:
         super().__init__(mc_samples_per_member)
-        _check_positive("members", members)
+        check_int("members", members, 1)
         if members < 2:
             raise ValueError(f"Expected `members` to be at least 2 for an ensemble, but got {members}.")
         self.num_members, self.seed = members, seed

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator
 from lightning_al.outputs import MC_PROBS, PROBS
 
@@ -214,8 +215,7 @@ class MCDropout(Estimator):
         cache_prefix: bool = True,
         max_rows: int | None = 8192,
     ) -> None:
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
+        check_int("mc_samples", mc_samples, 1)
         for name, value in (("consistent_masks", consistent_masks), ("cache_prefix", cache_prefix)):
             if not isinstance(value, bool):
                 raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}.")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.estimators.base import Estimator
 from lightning_al.outputs import MC_PROBS, PROBS
@@ -31,8 +32,7 @@ class BayesByBackprop(Estimator):
     provides = frozenset({MC_PROBS, PROBS})
 
     def __init__(self, mc_samples: int = 20) -> None:
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
+        check_int("mc_samples", mc_samples, 1)
         self.mc_samples = mc_samples
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator
-from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.functional.batch_bald import batchbald_with_gains
 from lightning_al.outputs import MC_PROBS, PoolOutputs
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
+from lightning_al.strategies.bayesian import mc_probs_estimator
 
 
 class BatchBALD(Strategy):
@@ -33,19 +34,8 @@ class BatchBALD(Strategy):
     requires = frozenset({MC_PROBS})
 
     def __init__(self, mc_samples: int = 20, num_samples: int = 10_000, estimator: Estimator | None = None) -> None:
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Expected `num_samples` to be an int >= 1, but got {num_samples!r}.")
-        if estimator is None:
-            estimator = MCDropout(mc_samples)
-        elif not isinstance(estimator, Estimator):
-            raise TypeError(f"Expected `estimator` to be a lightning_al Estimator, but got {type(estimator).__name__}.")
-        elif MC_PROBS not in estimator.provides:
-            raise ValueError(
-                f"Expected `estimator` to provide {MC_PROBS!r} (T stochastic passes or members), but "
-                f"{type(estimator).__name__} provides {sorted(estimator.provides)}."
-            )
+        check_int("num_samples", num_samples, 1)
+        estimator = mc_probs_estimator(mc_samples, estimator)
         self.mc_samples = mc_samples
         self.num_samples = num_samples
         self.estimator = estimator

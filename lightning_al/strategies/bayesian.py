@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.functional.bayesian import (
@@ -24,6 +25,23 @@ from lightning_al.outputs import MC_PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy
 
 
+def mc_probs_estimator(mc_samples: int, estimator: Estimator | None) -> Estimator:
+    """``estimator`` after checking it provides ``mc_probs``, or ``MCDropout(mc_samples)`` when None."""
+    check_int("mc_samples", mc_samples, 1)
+    if estimator is None:
+        return MCDropout(mc_samples)
+    if not isinstance(estimator, Estimator):
+        raise TypeError(
+            f"Expected `estimator` to be a lightning_al Estimator or None, but got {type(estimator).__name__}."
+        )
+    if MC_PROBS not in estimator.provides:
+        raise ValueError(
+            f"Expected `estimator` to provide {MC_PROBS!r} (T stochastic passes or committee members), "
+            f"but {type(estimator).__name__} provides only {sorted(estimator.provides)}."
+        )
+    return estimator
+
+
 class _MCProbsStrategy(ScoreStrategy):
     """Scores ``mc_probs`` with one kernel; the estimator defaults to ``MCDropout(mc_samples)``.
 
@@ -36,20 +54,8 @@ class _MCProbsStrategy(ScoreStrategy):
     requires = frozenset({MC_PROBS})
 
     def __init__(self, mc_samples: int = 20, estimator: Estimator | None = None) -> None:
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"Expected `mc_samples` to be an int >= 1, but got {mc_samples!r}.")
-        if estimator is not None:
-            if not isinstance(estimator, Estimator):
-                raise TypeError(
-                    f"Expected `estimator` to be a lightning_al Estimator or None, but got {type(estimator).__name__}."
-                )
-            if MC_PROBS not in estimator.provides:
-                raise ValueError(
-                    f"Expected `estimator` to provide {MC_PROBS!r} (T stochastic passes or committee members), "
-                    f"but {type(estimator).__name__} provides only {sorted(estimator.provides)}."
-                )
         self.mc_samples = mc_samples
-        self.estimator = estimator if estimator is not None else MCDropout(mc_samples)
+        self.estimator = mc_probs_estimator(mc_samples, estimator)
 
     def __repr__(self) -> str:
         if isinstance(self.estimator, MCDropout):
