@@ -99,11 +99,11 @@ class ActiveLearningLoop:
         self.strategy = strategy
         self.query_size, self.rounds, self.budget = query_size, rounds, budget
         self.estimator = estimator or strategy.estimator or Softmax()
-        missing = frozenset(strategy.requires) - self.estimator.provides
-        if missing:
+        required = frozenset(strategy.requires) | frozenset(strategy.requires_labelled)
+        if required - self.estimator.provides:
             raise ValueError(
                 f"Expected the estimator {type(self.estimator).__name__} to provide what {strategy!r} requires, "
-                f"{sorted(strategy.requires)}, but it provides only {sorted(self.estimator.provides)}."
+                f"{sorted(required)}, but it provides only {sorted(self.estimator.provides)}."
             )
         self.oracle = oracle
         self.trainer_kwargs = dict(trainer_kwargs or {})
@@ -183,6 +183,16 @@ class ActiveLearningLoop:
             )
         else:
             outputs = PoolOutputs(ids=dm.unlabelled_ids)
+        labelled_needs = frozenset(self.strategy.requires_labelled)
+        if labelled_needs and dm.num_labelled:
+            outputs.labelled = predict_outputs(
+                self._eval_trainer(),
+                model,
+                dm.pool_dataloader(dm.labelled_ids),
+                self.estimator,
+                labelled_needs,
+                dm.inputs,
+            )
         row["score_seconds"] = time.perf_counter() - start
         return outputs
 

@@ -9,6 +9,7 @@ from torch import Tensor
 # Names of the outputs an estimator can produce and a strategy can require.
 PROBS = "probs"  # (N, C) softmax outputs
 MC_PROBS = "mc_probs"  # (N, T, C) softmax outputs of T stochastic passes or committee members
+EMBEDDINGS = "embeddings"  # (N, D) features: by default the input of the model's last linear layer
 
 
 @dataclass
@@ -19,10 +20,13 @@ class PoolOutputs:
         ids: ``LongTensor[N]``, dataset ids of the scored samples (ascending).
         values: named tensors whose first axis is aligned with ``ids``, e.g.
             ``values["probs"]`` of shape ``(N, C)``.
+        labelled: the same kind of outputs for the labelled samples, present when the
+            strategy declares ``requires_labelled`` (core-set and CAL compare the pool with them).
     """
 
     ids: Tensor
     values: dict[str, Tensor] = field(default_factory=dict)
+    labelled: PoolOutputs | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.values.items():

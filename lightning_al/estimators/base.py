@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_al.outputs import PROBS
+from lightning_al.estimators.embeddings import capture_embeddings
+from lightning_al.outputs import EMBEDDINGS, PROBS
 
 # ``train(module, seed)`` fits ``module`` on the current labelled set with the loop's Trainer arguments.
 TrainFn = Callable[[pl.LightningModule, int], None]
@@ -54,15 +55,34 @@ class Estimator:
 class Softmax(Estimator):
     """One deterministic forward pass in eval mode: ``probs = softmax(model(x))``, shape ``(B, C)``.
 
-    The model's ``forward`` must return logits of shape ``(B, C)``.
+    The model's ``forward`` must return logits of shape ``(B, C)``. When ``embeddings`` are
+    needed they are captured in the same pass: the model's ``embed(x)`` if it has one, else
+    the output of ``embedding_layer`` (a module name), else the input of its last linear layer.
+
+    Args:
+        embedding_layer: name of the layer whose output serves as embedding (``model.named_modules()``).
     """
 
-    provides = frozenset({PROBS})
+    provides = frozenset({PROBS, EMBEDDINGS})
+
+    def __init__(self, embedding_layer: str | None = None) -> None:
+        self.embedding_layer = embedding_layer
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
         model.eval()
-        logits = model(inputs)
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")
-        return {PROBS: torch.softmax(logits.float(), dim=-1)}
+        if EMBEDDINGS not in needs:
+            return {PROBS: _softmax(model(inputs))}
+        if self.embedding_layer is None and callable(getattr(model, "embed", None)):
+            return {PROBS: _softmax(model(inputs)), EMBEDDINGS: model.embed(inputs).flatten(1).float()}
+        with capture_embeddings(model, self.embedding_layer) as captured:
+            probs = _softmax(model(inputs))
+        if captured.value is None:
+            raise ValueError(f"Expected the embedding layer {self.embedding_layer!r} to run in the model's forward.")
+        return {PROBS: probs, EMBEDDINGS: captured.value.float()}
+
+
+def _softmax(logits: Any) -> Tensor:
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")
+    return torch.softmax(logits.float(), dim=-1)

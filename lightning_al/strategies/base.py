@@ -33,13 +33,15 @@ def check_query_size(k: Any, available: int) -> int:
 class Strategy:
     """Base class of acquisition strategies.
 
-    A strategy declares in ``requires`` the pool outputs it reads (e.g. ``{"probs"}``);
-    the loop computes exactly those, once per round, with the strategy's ``estimator``
-    unless the loop is given one. ``select`` receives all randomness through
+    A strategy declares in ``requires`` the pool outputs it reads (e.g. ``{"probs"}``),
+    and in ``requires_labelled`` those it also needs for the labelled samples (delivered
+    as ``outputs.labelled``); the loop computes exactly those, once per round, with the
+    strategy's ``estimator`` unless the loop is given one. ``select`` receives all randomness through
     ``generator``, so a strategy without other state needs no ``state_dict``.
     """
 
     requires: frozenset[str] = frozenset()
+    requires_labelled: frozenset[str] = frozenset()
     estimator: Estimator | None = None
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
