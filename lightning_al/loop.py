@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
+from lightning_al.estimators.base import TrainFn
 from lightning_al.history import scalar_metrics, write_json_atomic
 from lightning_al.oracles import DatasetOracle, Oracle
 from lightning_al.outputs import PROBS, PoolOutputs
@@ -125,14 +126,22 @@ class ActiveLearningLoop:
         with _quiet_trainer_setup():
             return pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": callbacks})
 
-    def _train_member(self, dm: ActiveDataModule) -> Callable[[pl.LightningModule, int], None]:
-        """``train(module, seed)`` for estimators that fit extra modules (the user's callbacks stay out)."""
+    def _train_member(self, dm: ActiveDataModule) -> TrainFn:
+        """The :class:`TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
 
-        def train(module: pl.LightningModule, seed: int) -> None:
+        def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
             pl.seed_everything(seed, verbose=False)
+            kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": [], "logger": False, **trainer_overrides}
             with _quiet_trainer_setup():
-                trainer = pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": [], "logger": False})
-                trainer.fit(module, datamodule=dm)
+                trainer = pl.Trainer(**kwargs)
+                if bootstrap:
+                    ids = dm.labelled_ids
+                    resample = ids[
+                        torch.randint(ids.numel(), (ids.numel(),), generator=torch.Generator().manual_seed(seed))
+                    ]
+                    trainer.fit(module, train_dataloaders=dm.train_dataloader(resample))
+                else:
+                    trainer.fit(module, datamodule=dm)
 
         return train
 

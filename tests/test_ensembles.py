@@ -111,3 +111,24 @@ def test_ensemble_arguments_are_checked():
         SnapshotEnsemble(cycles=0)
     with pytest.raises(ValueError, match="`mc_samples_per_member` to be an int >= 1, but got 0"):
         DeepEnsemble(mc_samples_per_member=0)
+
+
+def test_train_dataloader_takes_a_bootstrap_multiset_of_labelled_ids(tiny_data):
+    dm = al.ActiveDataModule(tiny_data[0], initial_labelled=6, batch_size=4)
+    labelled = dm.labelled_ids
+    resample = labelled[torch.tensor([0, 0, 0, 1, 2, 5])]
+    seen = torch.cat([b.ids for b in dm.train_dataloader(resample)])
+    assert sorted(seen.tolist()) == sorted(resample.tolist())
+    with pytest.raises(ValueError, match="`ids` to be labelled, but got unlabelled ids"):
+        dm.train_dataloader(dm.unlabelled_ids[:2])
+
+
+def test_bootstrap_members_train_on_resamples_and_committees_give_embeddings(tiny_data):
+    plain, bootstrapped = DeepEnsemble(members=2, seed=3), DeepEnsemble(members=2, seed=3, bootstrap=True)
+    _, model_a, _ = run_one_round(plain, tiny_data)
+    _, model_b, _ = run_one_round(bootstrapped, tiny_data)
+    member_a, member_b = plain.members(model_a)[1], bootstrapped.members(model_b)[1]
+    assert not torch.equal(member_a.net[0].weight, member_b.net[0].weight)  # same init and seed, other data
+    x = torch.randn(5, 4)
+    out = bootstrapped.predict(model_b, x, frozenset({"mc_probs", "embeddings"}))
+    assert out["embeddings"].shape == (5, 16) and out["mc_probs"].shape == (5, 2, 3)

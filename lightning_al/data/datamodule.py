@@ -170,8 +170,16 @@ class ActiveDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        ids = self.pool.labelled_ids
+    def train_dataloader(self, ids: Tensor | None = None) -> DataLoader:
+        """The labelled samples, shuffled; ``ids`` (labelled ids, repeats allowed: a bootstrap resample)
+        replaces the labelled set when given."""
+        if ids is None:
+            ids = self.pool.labelled_ids
+        else:
+            ids = self.pool.check_known(ids)
+            unlabelled = ids[~self.pool.labelled_mask[ids]]
+            if unlabelled.numel():
+                raise ValueError(f"Expected `ids` to be labelled, but got unlabelled ids {unlabelled[:10].tolist()}.")
         if ids.numel() == 0:
             raise ValueError("Expected at least one labelled sample to train on, but the pool has none.")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ids.numel())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -12,8 +11,18 @@ from torch import Tensor, nn
 from lightning_al.estimators.embeddings import capture_embeddings
 from lightning_al.outputs import EMBEDDINGS, PROBS
 
-# ``train(module, seed)`` fits ``module`` on the current labelled set with the loop's Trainer arguments.
-TrainFn = Callable[[pl.LightningModule, int], None]
+
+class TrainFn(Protocol):
+    """Fits ``module`` on the current labelled set with the loop's Trainer arguments.
+
+    ``seed`` seeds the fit; ``bootstrap=True`` trains on a resample of the labelled set with
+    replacement (drawn from ``seed``); ``trainer_overrides`` replace Trainer arguments
+    (e.g. ``max_epochs`` for a shorter-trained proxy).
+    """
+
+    def __call__(
+        self, module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any
+    ) -> None: ...
 
 
 class Estimator:

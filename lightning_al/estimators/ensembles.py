@@ -13,7 +13,7 @@ from lightning_al._validation import check_int
 from lightning_al.callbacks.snapshots import SnapshotCallback
 from lightning_al.estimators.base import Estimator, Softmax, TrainFn
 from lightning_al.estimators.mc_dropout import MCDropout
-from lightning_al.outputs import MC_PROBS, PROBS
+from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PROBS
 
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:
@@ -36,16 +36,18 @@ class Committee(Estimator):
     """Base of estimators whose ``T`` axis holds committee members (optionally × MC-dropout samples).
 
     ``mc_probs`` has shape ``(B, M · S, C)``: ``S = mc_samples_per_member`` stochastic
-    passes of each of the ``M`` members, member-major. With ``S = 1`` each member is run
+    passes of each of the ``M`` members, member-major; ``embeddings`` are the first member's
+    (see :class:`Softmax` for ``embedding_layer``). With ``S = 1`` each member is run
     once, deterministically; with ``S > 1`` dropout stays on (a stochastic ensemble,
     Pop & Fulop 2018, "Deep Ensemble Bayesian Active Learning").
     """
 
-    provides = frozenset({MC_PROBS, PROBS})
+    provides = frozenset({MC_PROBS, PROBS, EMBEDDINGS})
 
-    def __init__(self, mc_samples_per_member: int = 1) -> None:
+    def __init__(self, mc_samples_per_member: int = 1, embedding_layer: str | None = None) -> None:
         check_int("mc_samples_per_member", mc_samples_per_member, 1)
         self.mc_samples_per_member = mc_samples_per_member
+        self._embedder = Softmax(embedding_layer)
         self._member_estimator = Softmax() if mc_samples_per_member == 1 else MCDropout(mc_samples_per_member)
         self._members = nn.ModuleList()
 
@@ -62,7 +64,11 @@ class Committee(Estimator):
             out = self._member_estimator.predict(member, inputs, frozenset())
             per_member.append(out[MC_PROBS] if MC_PROBS in out else out[PROBS].unsqueeze(1))
         probs = torch.cat(per_member, dim=1)
-        return {MC_PROBS: probs, PROBS: probs.mean(dim=1)}
+        out = {MC_PROBS: probs, PROBS: probs.mean(dim=1)}
+        if EMBEDDINGS in needs:  # the first member's features (the loop's own model for a deep ensemble)
+            first = self.members(model)[0]
+            out[EMBEDDINGS] = self._embedder.predict(first, inputs, frozenset({EMBEDDINGS}))[EMBEDDINGS]
+        return out
 
 
 class DeepEnsemble(Committee):
@@ -75,14 +81,28 @@ class DeepEnsemble(Committee):
     Estimation using Deep Ensembles"; used for active learning by Beluch et al. 2018,
     "The power of ensembles for active learning in image classification").
 
+    With ``bootstrap=True`` every member (the loop's model excepted) trains on a resample of
+    the labelled set drawn with replacement, as the bootstrap committees of query by bagging
+    (Abe & Mamitsuka 1998) and suggestive annotation (Yang et al. 2017).
+
     Args:
         members: ensemble size ``M >= 2``.
         mc_samples_per_member: MC-dropout passes per member (``> 1``: stochastic ensemble).
         seed: members are initialised from ``seed + m`` and trained with that seed.
+        bootstrap: train members ``1..M-1`` on bootstrap resamples of the labelled set.
+        embedding_layer: see :class:`Softmax`.
     """
 
-    def __init__(self, members: int = 5, mc_samples_per_member: int = 1, seed: int = 0) -> None:
-        super().__init__(mc_samples_per_member)
+    def __init__(
+        self,
+        members: int = 5,
+        mc_samples_per_member: int = 1,
+        seed: int = 0,
+        bootstrap: bool = False,
+        embedding_layer: str | None = None,
+    ) -> None:
+        super().__init__(mc_samples_per_member, embedding_layer)
+        self.bootstrap = bootstrap
         check_int("members", members, 1)
         if members < 2:
             raise ValueError(f"Expected `members` to be at least 2 for an ensemble, but got {members}.")
@@ -92,7 +112,7 @@ class DeepEnsemble(Committee):
         self._members = nn.ModuleList()
         for m in range(1, self.num_members):
             member = reinitialise(copy.deepcopy(model), self.seed + m)
-            train(member, self.seed + m)
+            train(member, self.seed + m, bootstrap=self.bootstrap)
             self._members.append(member.cpu())
 
     def members(self, model: nn.Module) -> list[nn.Module]:
@@ -114,8 +134,8 @@ class SnapshotEnsemble(Committee):
         mc_samples_per_member: MC-dropout passes per snapshot (``> 1``: stochastic ensemble).
     """
 
-    def __init__(self, cycles: int = 5, mc_samples_per_member: int = 1) -> None:
-        super().__init__(mc_samples_per_member)
+    def __init__(self, cycles: int = 5, mc_samples_per_member: int = 1, embedding_layer: str | None = None) -> None:
+        super().__init__(mc_samples_per_member, embedding_layer)
         self.snapshot_callback = SnapshotCallback(cycles)
 
     def callbacks(self) -> list[pl.Callback]:
