@@ -139,7 +139,7 @@ class ActiveLearningLoop:
                     resample = ids[
                         torch.randint(ids.numel(), (ids.numel(),), generator=torch.Generator().manual_seed(seed))
                     ]
-                    trainer.fit(module, train_dataloaders=dm.train_dataloader(resample))
+                    trainer.fit(module, datamodule=dm.resampled(resample))
                 else:
                     trainer.fit(module, datamodule=dm)
 

@@ -30,6 +30,20 @@ class _PoolLabelled(Dataset):
         return replace_target(self.dataset[index], self.target_key, int(self.pool.labels[index]))
 
 
+class _TrainOnly(pl.LightningDataModule):
+    """A datamodule with one fixed training loader whose batches keep their ``ids`` on the device."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        super().__init__()
+        self.loader = loader
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_indexed_batch(batch, device)
+
+
 class ActiveDataModule(pl.LightningDataModule):
     """Splits ``train_set`` into a labelled set (trained on) and an unlabelled pool (queried from).
 
@@ -189,6 +203,10 @@ class ActiveDataModule(pl.LightningDataModule):
         sampler = RepeatedShuffleSampler(ids.numel(), num_samples, generator)
         labelled = _PoolLabelled(self.train_set, self.pool, self.target_key)
         return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
+
+    def resampled(self, ids: Tensor) -> pl.LightningDataModule:
+        """A datamodule that trains on ``ids`` (labelled, repeats allowed), e.g. a bootstrap resample."""
+        return _TrainOnly(self.train_dataloader(ids))
 
     def pool_dataloader(self, ids: Tensor | None = None) -> DataLoader:
         """Unlabelled samples (or ``ids``) in ascending id order, with the evaluation transform."""
