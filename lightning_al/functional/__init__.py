@@ -14,21 +14,32 @@ from lightning_al.functional.bayesian import (
     variation_ratio,
     vote_entropy,
 )
+from lightning_al.functional.diversity import badge, covering_radius, kcenter_greedy
+from lightning_al.functional.gradient import egl
+from lightning_al.functional.hybrid import cal_scores, max_cover_greedy, nearest_to_centres, weighted_kmeans
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
 __all__ = [
+    "badge",
     "bald",
     "batchbald",
     "batchbald_with_gains",
+    "cal_scores",
+    "covering_radius",
+    "egl",
     "entropy",
     "expected_entropy",
+    "kcenter_greedy",
     "kl_to_consensus",
     "least_confidence",
     "margin",
+    "max_cover_greedy",
     "mean_std",
+    "nearest_to_centres",
     "predictive_entropy",
     "topk_select",
     "variation_ratio",
     "vote_entropy",
+    "weighted_kmeans",
 ]
