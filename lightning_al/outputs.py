@@ -39,6 +39,14 @@ class PoolOutputs:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    def subset(self, positions: Tensor) -> PoolOutputs:
+        """The outputs of the samples at ``positions`` (along ``ids``); ``labelled`` is kept as is."""
+        return PoolOutputs(
+            ids=self.ids[positions],
+            values={name: value[positions] for name, value in self.values.items()},
+            labelled=self.labelled,
+        )
+
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.values:
             raise KeyError(f"Expected pool output {name!r}, but only {sorted(self.values)} were computed.")

@@ -3,13 +3,20 @@
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy
 from lightning_al.strategies.batchbald import BatchBALD
 from lightning_al.strategies.bayesian import BALD, QBC, MaxEntropy, MeanSTD, VariationRatios
+from lightning_al.strategies.diversity import BADGE, CAL, EGL, CoreSet, DiverseMiniBatch
+from lightning_al.strategies.hybrid import SelectionViaProxy, SuggestiveAnnotation, TwoStage, WeightedMix
 from lightning_al.strategies.random_sampling import Random
 from lightning_al.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
 __all__ = [
+    "BADGE",
     "BALD",
+    "CAL",
+    "EGL",
     "QBC",
     "BatchBALD",
+    "CoreSet",
+    "DiverseMiniBatch",
     "Entropy",
     "LeastConfidence",
     "Margin",
@@ -18,6 +25,10 @@ __all__ = [
     "Random",
     "ScoreStrategy",
     "Selection",
+    "SelectionViaProxy",
     "Strategy",
+    "SuggestiveAnnotation",
+    "TwoStage",
     "VariationRatios",
+    "WeightedMix",
 ]

@@ -1,0 +1,47 @@
+"""Selection via proxy: a cheaper model does the scoring."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+
+from lightning_al.estimators.base import Estimator, TrainFn
+
+
+class ProxyEstimator(Estimator):
+    """Score the pool with ``proxy`` instead of the loop's model (Coleman et al. 2020, "Selection via
+    Proxy: Efficient Data Selection for Deep Learning").
+
+    Every round the proxy is reset to its initial weights and fitted on the labelled set
+    through the loop (with ``trainer_overrides``, e.g. fewer epochs); ``inner`` then computes
+    the strategy's outputs on the proxy. The loop's own model is still trained every round
+    and is the one tested.
+
+    Args:
+        proxy: a smaller LightningModule with the same inputs and classes.
+        inner: the estimator run on the proxy.
+        seed: seed of the proxy's fits.
+        trainer_overrides: Trainer arguments replaced for the proxy's fits.
+    """
+
+    def __init__(self, proxy: pl.LightningModule, inner: Estimator, seed: int = 0, **trainer_overrides: Any) -> None:
+        if not isinstance(proxy, pl.LightningModule):
+            raise TypeError(f"Expected `proxy` to be a LightningModule, but got {type(proxy).__name__}.")
+        self.proxy, self.inner, self.seed = proxy, inner, seed
+        self.trainer_overrides = trainer_overrides
+        self.provides = inner.provides
+        self._initial_state = copy.deepcopy(proxy.state_dict())
+
+    def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        self.proxy.load_state_dict(self._initial_state)
+        train(self.proxy, self.seed, **self.trainer_overrides)
+        self.inner.fit(self.proxy, train)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.proxy, *self.inner.modules()]
+
+    def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        return self.inner.predict(self.proxy, inputs, needs)
