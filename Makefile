@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-bayesian bench test lint clean
+.PHONY: install demo demo-bayesian demo-diversity bench test lint clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,12 @@ demo: install
 demo-bayesian: install
 	$(BIN)/python examples/digits_bayesian.py
 
+demo-diversity: install
+	$(BIN)/python examples/digits_diversity.py
+
 bench: install
 	$(BIN)/python -m benchmarks.mc_dropout
+	$(BIN)/python -m benchmarks.diversity
 
 test: install
 	$(BIN)/python -m pytest -q
