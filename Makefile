@@ -31,11 +31,11 @@ bench: install
 
 test: install
 	$(BIN)/python -m pytest -q
-	$(BIN)/ruff check lightning_al examples tests
+	$(BIN)/ruff check lightning_al examples tests benchmarks
 
 lint: install
-	$(BIN)/ruff check lightning_al examples tests
-	$(BIN)/ruff format --check lightning_al examples tests
+	$(BIN)/ruff check lightning_al examples tests benchmarks
+	$(BIN)/ruff format --check lightning_al examples tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache
