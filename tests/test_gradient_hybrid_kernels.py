@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import lightning_al.functional.clustering as clustering
 import lightning_al.functional.gradient as gradient
 import lightning_al.functional.hybrid as hybrid
+from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
 from lightning_al.functional.gradient import egl
-from lightning_al.functional.hybrid import cal_scores, max_cover_greedy, nearest_to_centres, weighted_kmeans
+from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
 
 
 def _random_probs(n: int, c: int, seed: int) -> torch.Tensor:
@@ -20,7 +22,7 @@ def _random_probs(n: int, c: int, seed: int) -> torch.Tensor:
     return torch.randn(n, c, generator=g, dtype=torch.float64).mul(2).softmax(dim=1)
 
 
-@pytest.mark.parametrize("module", [gradient, hybrid])
+@pytest.mark.parametrize("module", [gradient, hybrid, clustering])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, report=False)
     assert result.attempted > 0
@@ -249,7 +251,7 @@ def ref_nearest_to_centres(points, centres):
 
 @pytest.mark.parametrize("chunk_elements", [2**20, 5])
 def test_nearest_to_centres_matches_reference(monkeypatch, chunk_elements):
-    monkeypatch.setattr(hybrid, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(clustering, "_CHUNK_ELEMENTS", chunk_elements)
     g = torch.Generator().manual_seed(4)
     points = torch.randn(30, 2, generator=g, dtype=torch.float64)
     # centres drawn next to a few points, several sharing the same nearest point

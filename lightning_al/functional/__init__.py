@@ -14,9 +14,10 @@ from lightning_al.functional.bayesian import (
     variation_ratio,
     vote_entropy,
 )
+from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
 from lightning_al.functional.diversity import badge, covering_radius, kcenter_greedy
 from lightning_al.functional.gradient import egl
-from lightning_al.functional.hybrid import cal_scores, max_cover_greedy, nearest_to_centres, weighted_kmeans
+from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 

@@ -82,3 +82,24 @@ def as_count(name: str, value: object) -> int:
         return operator.index(value)
     except TypeError:
         raise TypeError(f"Expected `{name}` to be an int, but got {type(value).__name__}.") from None
+
+
+def check_embeddings(
+    name: str, values: Tensor, num_rows: int | None = None, rows_of: str = "", finite: bool = True
+) -> None:
+    """A floating 2-D tensor (finite unless ``finite=False``), with ``num_rows`` rows when given (as ``rows_of``)."""
+    if not isinstance(values, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(values)}.")
+    if values.ndim != 2:
+        raise ValueError(f"Expected `{name}` to have shape (N, D), but got {_describe(values)}.")
+    if not values.is_floating_point():
+        raise TypeError(f"Expected `{name}` to hold floating-point values, but got {_describe(values)}.")
+    if num_rows is not None and values.shape[0] != num_rows:
+        raise ValueError(f"Expected `{name}` to have {num_rows} rows (as `{rows_of}`), but got {_describe(values)}.")
+    if finite and values.numel():
+        check_finite(name, values)
+
+
+def check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}.")

@@ -37,7 +37,14 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_al.functional._checks import _describe, as_count, check_finite, check_probs
+from lightning_al.functional._checks import (
+    _describe,
+    as_count,
+    check_embeddings,
+    check_finite,
+    check_generator,
+    check_probs,
+)
 
 # Entries of one block of the (rows x centres) dot-product matrix built while initialising
 # distances from many centres (float64 temporaries of this size: 8 MiB). Tests shrink it.
@@ -54,15 +61,6 @@ def _from_dots(dots: Tensor, sq_x: Tensor, sq_c: Tensor, tol: float) -> Tensor:
 
 
 # ----- validation ---------------------------------------------------------------------------
-def _check_embeddings(name: str, embeddings: Tensor) -> None:
-    if not isinstance(embeddings, Tensor):
-        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(embeddings)}.")
-    if embeddings.ndim != 2:
-        raise ValueError(f"Expected `{name}` to have shape (N, D), but got {_describe(embeddings)}.")
-    if not embeddings.is_floating_point():
-        raise TypeError(f"Expected `{name}` to hold floating-point values, but got {_describe(embeddings)}.")
-
-
 def _check_mask(name: str, mask: Tensor, num_points: int) -> None:
     if not isinstance(mask, Tensor):
         raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(mask)}.")
@@ -70,11 +68,6 @@ def _check_mask(name: str, mask: Tensor, num_points: int) -> None:
         raise TypeError(f"Expected `{name}` to have dtype torch.bool, but got {_describe(mask)}.")
     if mask.ndim != 1 or mask.shape[0] != num_points:
         raise ValueError(f"Expected `{name}` to have shape ({num_points},), but got {_describe(mask)}.")
-
-
-def _check_generator(generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}.")
 
 
 # ----- shared distance helpers --------------------------------------------------------------
@@ -166,7 +159,7 @@ def kcenter_greedy(embeddings_N_D: Tensor, labelled_mask_N: Tensor, k: int) -> T
         >>> kcenter_greedy(x, torch.tensor([True, False, False, False]), 2).tolist()
         [3, 2]
     """
-    _check_embeddings("embeddings_N_D", embeddings_N_D)
+    check_embeddings("embeddings_N_D", embeddings_N_D, finite=False)
     num_points = embeddings_N_D.shape[0]
     _check_mask("labelled_mask_N", labelled_mask_N, num_points)
     k = as_count("k", k)
@@ -211,7 +204,7 @@ def covering_radius(embeddings_N_D: Tensor, centre_mask_N: Tensor) -> Tensor:
         >>> covering_radius(x, torch.tensor([True, False, True, False])).item()
         5.0
     """
-    _check_embeddings("embeddings_N_D", embeddings_N_D)
+    check_embeddings("embeddings_N_D", embeddings_N_D, finite=False)
     _check_mask("centre_mask_N", centre_mask_N, embeddings_N_D.shape[0])
     centre_mask_N = centre_mask_N.to(embeddings_N_D.device)
     if not centre_mask_N.any():
@@ -255,7 +248,7 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
         ``LongTensor[k]`` of row positions, in the order they were picked.
     """
     check_probs("probs_N_C", probs_N_C, ndim=2)
-    _check_embeddings("embeddings_N_D", embeddings_N_D)
+    check_embeddings("embeddings_N_D", embeddings_N_D, finite=False)
     num_points = probs_N_C.shape[0]
     if embeddings_N_D.shape[0] != num_points:
         raise ValueError(
@@ -265,7 +258,7 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
     k = as_count("k", k)
     if not 1 <= k <= num_points:
         raise ValueError(f"Expected `k` to be in [1, {num_points}] (the pool size), but got {k}.")
-    _check_generator(generator)
+    check_generator(generator)
     device = embeddings_N_D.device
     probs_N_C = probs_N_C.to(device)
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_al.functional._checks import check_probs
-from lightning_al.functional.hybrid import _check_embeddings
+from lightning_al.functional._checks import check_embeddings, check_probs
 
 
 def egl(probs_N_C: Tensor, embeddings_N_D: Tensor, bias: bool = False) -> Tensor:
@@ -51,7 +50,7 @@ def egl(probs_N_C: Tensor, embeddings_N_D: Tensor, bias: bool = False) -> Tensor
         tensor([0.])
     """
     check_probs("probs_N_C", probs_N_C, ndim=2)
-    _check_embeddings("embeddings_N_D", embeddings_N_D, num_rows=probs_N_C.shape[0], rows_of="probs_N_C")
+    check_embeddings("embeddings_N_D", embeddings_N_D, num_rows=probs_N_C.shape[0], rows_of="probs_N_C")
     if not isinstance(bias, bool):
         raise TypeError(f"Expected `bias` to be a bool, but got {type(bias).__name__}.")
     probs = probs_N_C.to(torch.float64)

@@ -7,9 +7,10 @@ from torch import Tensor
 
 from lightning_al._validation import check_int
 from lightning_al.estimators.base import Softmax
+from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
 from lightning_al.functional.diversity import badge, kcenter_greedy
 from lightning_al.functional.gradient import egl
-from lightning_al.functional.hybrid import cal_scores, nearest_to_centres, weighted_kmeans
+from lightning_al.functional.hybrid import cal_scores
 from lightning_al.functional.uncertainty import margin
 from lightning_al.outputs import EMBEDDINGS, PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy, check_query_size
