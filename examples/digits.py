@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ ARMS = {
 
 def run_experiment(name: str, arm: Arm, seed: int, args: argparse.Namespace, progress=None) -> list[dict]:
     torch.set_num_threads(1)
+    # Lightning 2.6 itself trips a torch pytree deprecation on every fit; it says nothing about this run.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pool, test = digits_splits()
     datamodule = al.ActiveDataModule(
         pool, test_set=test, initial_labelled=args.initial, batch_size=32, min_steps_per_epoch=4, seed=seed
