@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -215,7 +216,15 @@ class ActiveLearningLoop:
         row["selected_ids"] = ids.tolist()
         if selection.scores is not None:
             row["selected_scores"] = selection.scores.double().tolist()
-        return Selection(ids=ids, scores=selection.scores)
+        return dataclasses.replace(selection, ids=ids)
+
+    def _pseudo_label(self, dm: ActiveDataModule, selection: Selection, row: dict[str, Any]) -> None:
+        """Hand the selection's pseudo-labels (minus any id the oracle just labelled) to the next fit."""
+        if selection.pseudo_ids is None or selection.pseudo_labels is None:
+            return
+        keep = ~dm.pool.labelled_mask[selection.pseudo_ids]
+        dm.set_pseudo_labels(selection.pseudo_ids[keep], selection.pseudo_labels[keep])
+        row["num_pseudo_labelled"] = int(keep.sum())
 
     def _next_query_size(self, dm: ActiveDataModule) -> int:
         if self.rounds is not None and self.round >= self.rounds:
@@ -254,6 +263,7 @@ class ActiveLearningLoop:
             row: dict[str, Any] = {"round": self.round, "num_labelled": dm.num_labelled}
             if dm.num_labelled:
                 trainer = self._fit(model, dm, row)
+                dm.clear_pseudo_labels()  # pseudo-labels serve one fit only
                 self._test(model, dm, trainer, row)
             k = self._next_query_size(dm)
             if k:
@@ -261,6 +271,7 @@ class ActiveLearningLoop:
                 labels = oracle.label(selection.ids)
                 dm.label(selection.ids, labels, round=self.round + 1)
                 self.acquired += k
+                self._pseudo_label(dm, selection, row)
             self.history.append(row)
             if self.output_dir is not None:
                 write_json_atomic(self.output_dir / "history.json", self.history)

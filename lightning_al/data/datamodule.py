@@ -12,22 +12,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_al._validation import check_int
 from lightning_al.data.batches import IdDataset, collate_with_ids, move_indexed_batch
-from lightning_al.data.pool import ActivePool
+from lightning_al.data.pool import ActivePool, as_id_tensor
 from lightning_al.data.samplers import RepeatedShuffleSampler
 from lightning_al.data.targets import Key, dataset_targets, input_of, replace_target
 
 
-class _PoolLabelled(Dataset):
-    """``dataset`` whose items carry the label recorded in ``pool`` instead of their own target."""
+class _Relabelled(Dataset):
+    """``dataset`` whose items carry ``labels[index]`` (the pool's record) instead of their own target."""
 
-    def __init__(self, dataset: Dataset, pool: ActivePool, target_key: Key) -> None:
-        self.dataset, self.pool, self.target_key = dataset, pool, target_key
+    def __init__(self, dataset: Dataset, labels: Tensor, target_key: Key) -> None:
+        self.dataset, self.labels, self.target_key = dataset, labels, target_key
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        return replace_target(self.dataset[index], self.target_key, int(self.pool.labels[index]))
+        return replace_target(self.dataset[index], self.target_key, int(self.labels[index]))
 
 
 class _TrainOnly(pl.LightningDataModule):
@@ -121,6 +121,7 @@ class ActiveDataModule(pl.LightningDataModule):
         self.min_steps_per_epoch, self.num_workers = min_steps_per_epoch, num_workers
         self.input_key, self.target_key, self.seed = input_key, target_key, seed
         self.pool = ActivePool(len(train_set), num_classes=num_classes)
+        self.clear_pseudo_labels()
         # As in LightningDataModule.from_datasets: only the loaders that exist are defined,
         # so Lightning neither warns about nor runs an empty validation/test loop.
         if val_set is not None:
@@ -184,11 +185,38 @@ class ActiveDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
+    # ----- pseudo-labels (one fit only, never recorded in the pool) -------------------------
+    def set_pseudo_labels(self, ids: Any, labels: Any) -> None:
+        """Train the next fits also on unlabelled ``ids`` with model-given ``labels`` (CEAL), until cleared.
+
+        They are not labels: the pool, its state and the labelled set never see them.
+        """
+        ids = self.pool.check_unlabelled(ids, name="ids")
+        labels = as_id_tensor("labels", labels)
+        if labels.shape != ids.shape:
+            raise ValueError(
+                f"Expected one pseudo-label per id, shape {tuple(ids.shape)}, but got {tuple(labels.shape)}."
+            )
+        self.pool.check_labels(labels, ids)
+        self._pseudo_ids, self._pseudo_labels = ids, labels
+
+    def clear_pseudo_labels(self) -> None:
+        self._pseudo_ids = self._pseudo_labels = torch.empty(0, dtype=torch.long)
+
+    @property
+    def pseudo_labelled_ids(self) -> Tensor:
+        return self._pseudo_ids
+
     def train_dataloader(self, ids: Tensor | None = None) -> DataLoader:
-        """The labelled samples, shuffled; ``ids`` (labelled ids, repeats allowed: a bootstrap resample)
-        replaces the labelled set when given."""
+        """The labelled samples (plus any pseudo-labelled ones), shuffled; ``ids`` (labelled ids, repeats
+        allowed: a bootstrap resample) replaces them when given."""
+        labels = self.pool.labels
         if ids is None:
             ids = self.pool.labelled_ids
+            if self._pseudo_ids.numel():
+                ids = torch.cat([ids, self._pseudo_ids])
+                labels = labels.clone()
+                labels[self._pseudo_ids] = self._pseudo_labels
         else:
             ids = self.pool.check_known(ids)
             unlabelled = ids[~self.pool.labelled_mask[ids]]
@@ -201,7 +229,7 @@ class ActiveDataModule(pl.LightningDataModule):
         if self.min_steps_per_epoch:  # whole batches only: the last one is topped up from the next shuffle
             num_samples = max(self.min_steps_per_epoch, -(-num_samples // self.batch_size)) * self.batch_size
         sampler = RepeatedShuffleSampler(ids.numel(), num_samples, generator)
-        labelled = _PoolLabelled(self.train_set, self.pool, self.target_key)
+        labelled = _Relabelled(self.train_set, labels, self.target_key)
         return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
 
     def resampled(self, ids: Tensor) -> pl.LightningDataModule:

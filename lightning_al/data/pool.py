@@ -98,7 +98,8 @@ class ActivePool:
             )
         return ids
 
-    def _check_label_values(self, labels: Tensor, ids: Tensor) -> None:
+    def check_labels(self, labels: Tensor, ids: Tensor) -> None:
+        """Raise unless ``labels`` (LongTensor) are class indices; ``ids`` name the samples in the message."""
         bad = (labels < 0) if self.num_classes is None else (labels < 0) | (labels >= self.num_classes)
         if bad.any():
             allowed = "non-negative" if self.num_classes is None else f"in [0, {self.num_classes})"
@@ -119,7 +120,7 @@ class ActivePool:
                 f"Expected `labels` to have one label per id, shape {tuple(ids.shape)}, "
                 f"but got shape {tuple(labels.shape)}."
             )
-        self._check_label_values(labels, ids)
+        self.check_labels(labels, ids)
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels
@@ -154,6 +155,6 @@ class ActivePool:
         labelled = labelled_round != UNLABELLED
         if (labelled_round < UNLABELLED).any() or (labels[~labelled] != UNLABELLED).any():
             raise ValueError("Expected rounds >= 0 for labelled samples and -1 (with label -1) for unlabelled ones.")
-        self._check_label_values(labels[labelled], labelled.nonzero().flatten())
+        self.check_labels(labels[labelled], labelled.nonzero().flatten())
         self.labelled_round = labelled_round.clone()
         self.labels = labels.clone()

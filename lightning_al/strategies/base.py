@@ -17,10 +17,16 @@ from lightning_al.outputs import PoolOutputs
 
 @dataclass(frozen=True)
 class Selection:
-    """A query: dataset ids to label, highest priority first, with their scores (if any)."""
+    """A query: dataset ids to label, highest priority first, with their scores (if any).
+
+    ``pseudo_ids``/``pseudo_labels`` optionally name unlabelled samples to train on with
+    model-given labels in the next fit only (CEAL); the pool never records them.
+    """
 
     ids: Tensor
     scores: Tensor | None = None
+    pseudo_ids: Tensor | None = None
+    pseudo_labels: Tensor | None = None
 
 
 def check_query_size(k: Any, available: int) -> int:
