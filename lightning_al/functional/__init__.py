@@ -16,8 +16,10 @@ from lightning_al.functional.bayesian import (
 )
 from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
 from lightning_al.functional.diversity import badge, covering_radius, kcenter_greedy
+from lightning_al.functional.dynamics import forgetting_counts, label_dispersion
 from lightning_al.functional.gradient import egl
 from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
+from lightning_al.functional.ranking import loss_prediction_ranking_loss
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
@@ -31,9 +33,12 @@ __all__ = [
     "egl",
     "entropy",
     "expected_entropy",
+    "forgetting_counts",
     "kcenter_greedy",
     "kl_to_consensus",
+    "label_dispersion",
     "least_confidence",
+    "loss_prediction_ranking_loss",
     "margin",
     "max_cover_greedy",
     "mean_std",

@@ -1,0 +1,46 @@
+"""Strategies that read training dynamics recorded by callbacks during the fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor
+
+from lightning_al.callbacks.dispersion import LabelDispersionCallback
+from lightning_al.outputs import PoolOutputs
+from lightning_al.strategies.base import ScoreStrategy
+
+
+class LabelDispersion(ScoreStrategy):
+    """Query the pool samples whose predicted label changed most during training (Bengar et al. 2021,
+    "When Deep Learners Change Their Mind: Learning Dynamics for Active Learning").
+
+    Owns a :class:`LabelDispersionCallback` that the loop adds to every round's fit; it
+    predicts the pool every ``every_n_epochs`` epochs. The score is ``1 - (count of the modal
+    predicted label) / T``; the top ``k`` are queried (ties → lower dataset id). Needs no
+    estimator output, so the loop runs no scoring pass.
+
+    Args:
+        every_n_epochs: predict the pool at the end of every k-th training epoch.
+    """
+
+    requires = frozenset()
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        self.callback = LabelDispersionCallback(every_n_epochs=every_n_epochs)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.callback]
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return self.callback.dispersion_by_id(outputs.ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"callback": self.callback.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state["callback"])
+
+    def __repr__(self) -> str:
+        return f"LabelDispersion(every_n_epochs={self.callback.every_n_epochs})"

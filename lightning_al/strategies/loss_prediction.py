@@ -1,0 +1,98 @@
+"""Query the samples whose loss a learned head predicts to be highest (Yoo & Kweon 2019).
+
+Yoo & Kweon 2019, "Learning Loss for Active Learning" (CVPR): a small head attached to
+intermediate layers of the target model is trained jointly with it to rank the per-sample
+losses (:class:`~lightning_al.callbacks.loss_prediction.LossPredictionCallback`); the
+unlabelled samples with the highest predicted loss are labelled next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+
+from lightning_al.callbacks.loss_prediction import LossPredictionCallback
+from lightning_al.estimators.base import Estimator
+from lightning_al.functional._checks import check_scores
+from lightning_al.outputs import PoolOutputs
+from lightning_al.strategies.base import ScoreStrategy
+
+PREDICTED_LOSS = "predicted_loss"  # (N,) the loss-prediction head's output
+
+
+class LossPredictionEstimator(Estimator):
+    """Outputs ``"predicted_loss"`` ``(B,)``: the head of ``callback`` on the model's tapped features (eval mode).
+
+    The callback must have trained during the fit (the :class:`LossPrediction` strategy adds it
+    to the Trainer); this estimator adds no callback itself, so it is never registered twice.
+    """
+
+    provides = frozenset({PREDICTED_LOSS})
+
+    def __init__(self, callback: LossPredictionCallback) -> None:
+        if not isinstance(callback, LossPredictionCallback):
+            raise TypeError(f"Expected `callback` to be a LossPredictionCallback, but got {type(callback).__name__}.")
+        self.callback = callback
+
+    def modules(self) -> list[nn.Module]:
+        return [] if self.callback.head is None else [self.callback.head]
+
+    def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        return {PREDICTED_LOSS: self.callback.predict_loss(model, inputs)}
+
+
+class LossPrediction(ScoreStrategy):
+    """Score = the predicted loss, highest first; trains its own loss-prediction head during each fit.
+
+    Arguments are those of :class:`~lightning_al.callbacks.loss_prediction.LossPredictionCallback`
+    (``layers`` name intermediate layers of the user's model, ``model.named_modules()``).
+    """
+
+    requires = frozenset({PREDICTED_LOSS})
+
+    def __init__(
+        self,
+        layers: list[str],
+        hidden: int = 128,
+        margin: float = 1.0,
+        weight: float = 1.0,
+        detach_after_epoch: int | None = 120,
+        lr: float = 1e-3,
+        own_optimizer: bool = True,
+        reset_each_fit: bool = True,
+        logits_layer: str = "",
+        seed: int = 0,
+    ) -> None:
+        self.callback = LossPredictionCallback(
+            layers,
+            hidden=hidden,
+            margin=margin,
+            weight=weight,
+            detach_after_epoch=detach_after_epoch,
+            lr=lr,
+            own_optimizer=own_optimizer,
+            reset_each_fit=reset_each_fit,
+            logits_layer=logits_layer,
+            seed=seed,
+        )
+        self.estimator = LossPredictionEstimator(self.callback)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.callback]
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        scores = outputs[PREDICTED_LOSS]
+        check_scores(PREDICTED_LOSS, scores)
+        return scores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"callback": self.callback.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "callback" in state:
+            self.callback.load_state_dict(state["callback"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={self.callback.layers})"

@@ -1,0 +1,110 @@
+"""VAAL acquisition: query what the adversarial discriminator is surest is unlabelled.
+
+Sinha, Ebrahimi & Darrell 2019, "Variational Adversarial Active Learning". The VAE and the
+discriminator are trained by :class:`~lightning_al.callbacks.vaal.VAALCallback` during every
+round's fit of the main model; scoring reads only them, never the task model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_al.callbacks.vaal import VAALCallback
+from lightning_al.estimators.base import Estimator
+from lightning_al.outputs import PoolOutputs
+from lightning_al.strategies.base import ScoreStrategy
+
+VAAL_SCORE = "vaal_unlabelled_score"  # (N,) 1 - p("labelled") of the VAAL discriminator
+
+
+class VAALEstimator(Estimator):
+    """``vaal_unlabelled_score = 1 - sigmoid(discriminator(mu(x)))``, shape ``(B,)``, for pool inputs ``x``.
+
+    ``mu`` is the VAE encoder's mean of the flattened input. Higher = the discriminator is
+    surer the sample is unlabelled = query first. The model's forward is not used.
+
+    Args:
+        callback: the :class:`VAALCallback` that trains the VAE and the discriminator.
+    """
+
+    provides = frozenset({VAAL_SCORE})
+
+    def __init__(self, callback: VAALCallback) -> None:
+        if not isinstance(callback, VAALCallback):
+            raise TypeError(f"Expected `callback` to be a VAALCallback, but got {type(callback).__name__}.")
+        self.callback = callback
+
+    def modules(self) -> list[nn.Module]:
+        if self.callback.vae is None or self.callback.discriminator is None:
+            return []
+        return [self.callback.vae, self.callback.discriminator]
+
+    def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        del model
+        vae, discriminator = self.callback.vae, self.callback.discriminator
+        if vae is None or discriminator is None:
+            raise RuntimeError("Expected the VAALCallback to have trained during a fit before scoring, but it has not.")
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"Expected the pool inputs to be a Tensor, but got {type(inputs).__name__}.")
+        vae.eval()
+        discriminator.eval()
+        device = next(vae.parameters()).device
+        with torch.no_grad():
+            mu_B_L, _ = vae.encode(inputs.to(device))
+            score_B = torch.sigmoid(-discriminator(mu_B_L))  # 1 - sigmoid(l), without cancellation
+        return {VAAL_SCORE: score_B.float()}
+
+
+class VAAL(ScoreStrategy):
+    """Variational adversarial active learning (Sinha et al. 2019): top ``k`` of ``1 - p(labelled | mu(x))``.
+
+    Owns the :class:`VAALCallback` that trains the VAE and discriminator during each round's
+    fit (:meth:`callbacks`); the arguments are forwarded to it.
+    """
+
+    requires = frozenset({VAAL_SCORE})
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        beta: float = 1.0,
+        adversary_weight: float = 1.0,
+        vae_steps: int = 1,
+        discriminator_steps: int = 1,
+        lr: float = 5e-4,
+        seed: int = 0,
+        reset_each_fit: bool = True,
+        hidden: int = 128,
+    ) -> None:
+        self.callback = VAALCallback(
+            latent_dim=latent_dim,
+            beta=beta,
+            adversary_weight=adversary_weight,
+            vae_steps=vae_steps,
+            discriminator_steps=discriminator_steps,
+            lr=lr,
+            seed=seed,
+            reset_each_fit=reset_each_fit,
+            hidden=hidden,
+        )
+        self.estimator = VAALEstimator(self.callback)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.callback]
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return outputs[VAAL_SCORE]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"callback": self.callback.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state["callback"])
+
+    def __repr__(self) -> str:
+        c = self.callback
+        return f"VAAL(latent_dim={c.latent_dim}, beta={c.beta}, adversary_weight={c.adversary_weight}, seed={c.seed})"
