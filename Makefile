@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-bayesian demo-diversity bench test lint clean
+.PHONY: install demo demo-bayesian demo-diversity demo-dynamics bench test lint clean
 
 install: $(VENV)/.installed
 
@@ -25,9 +25,13 @@ demo-bayesian: install
 demo-diversity: install
 	$(BIN)/python examples/digits_diversity.py
 
+demo-dynamics: install
+	$(BIN)/python examples/digits_dynamics.py
+
 bench: install
 	$(BIN)/python -m benchmarks.mc_dropout
 	$(BIN)/python -m benchmarks.diversity
+	$(BIN)/python -m benchmarks.callback_overhead
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+# Tiny models gain nothing from intra-op threads; one thread keeps the suite fast on a busy machine.
+torch.set_num_threads(1)
+
 
 class TinyClassifier(pl.LightningModule):
     """Linear → ReLU → Dropout → Linear classifier whose forward returns logits."""
