@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader
 from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.bayes.layers import _BayesLayer
+from lightning_al.callbacks.step_patch import TrainingStepPatch
 
 KL_WEIGHTINGS = ("uniform", "blundell")
 KL_LOG_NAME = "bayes_kl"  # KL(q || p) of the whole model, nats
 KL_TERM_LOG_NAME = "bayes_kl_term"  # the scaled KL added to the step's loss
-_NOT_SET = object()
 
 
 def kl_minibatch_weights(num_batches: int, kl_weighting: str = "uniform") -> Tensor:
@@ -130,8 +130,7 @@ class BayesKLCallback(pl.Callback):
         self.num_train_samples = num_train_samples
         self.kl_scale = float(kl_scale)
         self._layers: list[_BayesLayer] = []
-        self._module: pl.LightningModule | None = None
-        self._shadowed: Any = _NOT_SET
+        self._patch = TrainingStepPatch()
         self._step_weights: Tensor | None = None
         self._batch_idx = 0
 
@@ -161,23 +160,17 @@ class BayesKLCallback(pl.Callback):
         return {**output, "loss": total} if isinstance(output, Mapping) else total
 
     def _wrap(self, pl_module: pl.LightningModule) -> None:
-        original: Callable[..., Any] = pl_module.training_step
-        self._shadowed = pl_module.__dict__.get("training_step", _NOT_SET)
+        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+            def training_step_with_kl(*args: Any, **kwargs: Any) -> Any:
+                return self._add_kl(pl_module, original(*args, **kwargs))
 
-        def training_step_with_kl(*args: Any, **kwargs: Any) -> Any:
-            return self._add_kl(pl_module, original(*args, **kwargs))
+            return training_step_with_kl
 
-        pl_module.training_step = training_step_with_kl  # type: ignore[method-assign]
-        self._module = pl_module
+        self._patch.install(pl_module, wrap)
 
     def _restore(self) -> None:
-        if self._module is None:
-            return
-        if self._shadowed is _NOT_SET:
-            self._module.__dict__.pop("training_step", None)
-        else:
-            self._module.__dict__["training_step"] = self._shadowed
-        self._module, self._shadowed, self._layers = None, _NOT_SET, []
+        self._patch.restore()
+        self._layers = []
 
     # ----- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -194,7 +187,7 @@ class BayesKLCallback(pl.Callback):
                 "has none; call `convert_to_bayesian(model)` (before building the optimiser) or use BayesLinear/"
                 "BayesConv2d."
             )
-        if self._module is not None:
+        if self._patch.module is not None:
             raise RuntimeError("Expected one fit at a time per BayesKLCallback, but it is already attached.")
         self._layers = layers
         self._wrap(pl_module)

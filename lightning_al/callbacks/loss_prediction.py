@@ -32,9 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_al._validation import check_int
+from lightning_al.callbacks.step_patch import TrainingStepPatch
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
-
-_MISSING = object()
 
 
 class LossPredictionHead(nn.Module):
@@ -172,8 +171,7 @@ class LossPredictionCallback(pl.Callback):
         self.epoch_losses: list[float] = []
         self._pending_optimizer_state: dict[str, Any] | None = None
         self._restored = False
-        self._module: pl.LightningModule | None = None
-        self._original_step: Any = _MISSING
+        self._patch = TrainingStepPatch()
         self._handles: list[Any] = []
         self._captured: dict[str, Tensor] = {}
         self._capturing = False
@@ -226,14 +224,14 @@ class LossPredictionCallback(pl.Callback):
         for name in self.layers:
             self._handles.append(modules[name].register_forward_hook(self._store(name)))
         self._handles.append(modules[self.logits_layer].register_forward_hook(self._store("\0logits")))
-        self._module = pl_module
-        self._original_step = pl_module.__dict__.get("training_step", _MISSING)
-        original = pl_module.training_step
 
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return self._training_step(trainer, pl_module, original, *args, **kwargs)
+        def wrap(original: Any) -> Any:
+            def training_step(*args: Any, **kwargs: Any) -> Any:
+                return self._training_step(trainer, pl_module, original, *args, **kwargs)
 
-        pl_module.training_step = training_step  # type: ignore[method-assign]
+            return training_step
+
+        self._patch.install(pl_module, wrap)
 
     def _store(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -308,12 +306,8 @@ class LossPredictionCallback(pl.Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self._module is not None:
-            if self._original_step is _MISSING:
-                self._module.__dict__.pop("training_step", None)
-            else:
-                self._module.training_step = self._original_step  # type: ignore[method-assign]
-        self._module, self._original_step, self._capturing = None, _MISSING, False
+        self._patch.restore()
+        self._capturing = False
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
