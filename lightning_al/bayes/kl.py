@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.bayes.layers import _BayesLayer
-from lightning_al.callbacks.step_patch import TrainingStepPatch
+from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
 
 KL_WEIGHTINGS = ("uniform", "blundell")
 KL_LOG_NAME = "bayes_kl"  # KL(q || p) of the whole model, nats
@@ -79,7 +79,7 @@ def _dataset_length(trainer: pl.Trainer) -> int | None:
         return None
 
 
-class BayesKLCallback(pl.Callback):
+class BayesKLCallback(RestoresTrainingStep):
     """Adds the Bayes-by-backprop KL term to the loss the user's ``training_step`` returns.
 
     The LightningModule stays unmodified: its ``training_step`` returns the data loss (a
@@ -214,12 +214,3 @@ class BayesKLCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch_idx = batch_idx
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_al._validation import check_int
-from lightning_al.callbacks.step_patch import TrainingStepPatch
+from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
 
 
@@ -111,7 +111,7 @@ def tap_features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, 
             handle.remove()
 
 
-class LossPredictionCallback(pl.Callback):
+class LossPredictionCallback(RestoresTrainingStep):
     """Train a :class:`LossPredictionHead` on the ranking of the model's per-sample losses.
 
     Per training batch: the model's loss becomes ``loss + weight * L_rank`` where ``L_rank`` is
@@ -308,15 +308,6 @@ class LossPredictionCallback(pl.Callback):
         self._handles = []
         self._patch.restore()
         self._capturing = False
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
 
     # ----- prediction and state -----------------------------------------------------------
     def predict_loss(self, model: nn.Module, inputs: Any) -> Tensor:

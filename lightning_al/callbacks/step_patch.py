@@ -41,3 +41,19 @@ class TrainingStepPatch:
         else:
             self.module.__dict__["training_step"] = self._shadowed
         self.module, self._shadowed = None, _NOT_SET
+
+
+class RestoresTrainingStep(pl.Callback):
+    """Base of callbacks that patch ``training_step``: ``_restore()`` runs however the fit ends."""
+
+    def _restore(self) -> None:
+        raise NotImplementedError
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
