@@ -50,3 +50,5 @@ def tiny_data() -> tuple[TensorDataset, TensorDataset]:
 
 
 FAST_TRAINER = dict(max_epochs=3, accelerator="cpu")
+# Trainer arguments for fits run directly in tests: no logs, checkpoints, bars or summaries.
+QUIET_TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

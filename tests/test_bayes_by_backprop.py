@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TinyClassifier, blobs
+from conftest import QUIET_TRAINER, TinyClassifier, blobs
 from torch import distributions as D
 from torch import nn
 
@@ -28,8 +28,6 @@ from lightning_al.bayes import (
 from lightning_al.estimators.weight_sampling import BayesByBackprop
 from lightning_al.outputs import MC_PROBS, PROBS
 from lightning_al.strategies.base import ScoreStrategy
-
-QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 def randomise(layer, seed: int = 0, rho_range: tuple[float, float] = (-3.0, 1.0)):
@@ -281,7 +279,7 @@ class BackwardSpy(pl.Callback):
 
 def fit(model, callbacks, labelled: int = 30, **kwargs) -> pl.Trainer:
     dm = al.ActiveDataModule(blobs(120), initial_labelled=labelled, batch_size=8, seed=0)
-    trainer = pl.Trainer(accelerator="cpu", callbacks=callbacks, **QUIET, **kwargs)
+    trainer = pl.Trainer(accelerator="cpu", callbacks=callbacks, **QUIET_TRAINER, **kwargs)
     trainer.fit(model, datamodule=dm)
     return trainer
 

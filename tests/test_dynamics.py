@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAINER, TinyClassifier, blobs
+from conftest import FAST_TRAINER, QUIET_TRAINER, TinyClassifier, blobs
 from torch import nn
 
 import lightning_al as al
@@ -98,10 +98,7 @@ def _fit(model, dm, callback, epochs=6):
         max_epochs=epochs,
         accelerator="cpu",
         callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(model, datamodule=dm)
     return trainer

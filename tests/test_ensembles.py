@@ -7,7 +7,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAINER, TinyClassifier
+from conftest import FAST_TRAINER, QUIET_TRAINER, TinyClassifier
 
 import lightning_al as al
 from lightning_al.callbacks import SnapshotCallback, cyclic_cosine_factor
@@ -49,10 +49,7 @@ def test_snapshot_callback_drives_the_learning_rate_and_keeps_one_snapshot_per_c
     trainer = pl.Trainer(
         max_epochs=4,
         callbacks=[snapshots, RecordLR()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     model = TinyClassifier()
     trainer.fit(model, datamodule=dm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAINER, TinyClassifier, blobs
+from conftest import FAST_TRAINER, QUIET_TRAINER, TinyClassifier, blobs
 from torch.utils.data import TensorDataset
 
 import lightning_al as al
@@ -98,10 +98,7 @@ def fit(callback, model=None, max_epochs=3, dm=None):
         max_epochs=max_epochs,
         accelerator="cpu",
         callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(model, datamodule=dm or make_dm())
     return model, trainer

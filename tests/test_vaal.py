@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FAST_TRAINER, TinyClassifier, blobs
+from conftest import FAST_TRAINER, QUIET_TRAINER, TinyClassifier, blobs
 
 import lightning_al as al
 from lightning_al.callbacks.vaal import VAE, Discriminator, VAALCallback, gaussian_kl
@@ -34,10 +34,7 @@ def fit(callback: pl.Callback | None, dm: al.ActiveDataModule, epochs: int = 2, 
         max_epochs=epochs,
         accelerator="cpu",
         callbacks=[callback] if callback is not None else [],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(model, datamodule=dm)
     return model
