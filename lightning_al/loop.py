@@ -9,11 +9,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
+from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_al._validation import check_int
@@ -21,10 +24,15 @@ from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
 from lightning_al.estimators.base import TrainFn
 from lightning_al.history import scalar_metrics, write_json_atomic
-from lightning_al.oracles import DatasetOracle, Oracle
+from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, QueryOracle
 from lightning_al.outputs import PROBS, PoolOutputs
+from lightning_al.run_state import FORMAT as RUN_STATE_FORMAT
+from lightning_al.run_state import STATE_FILE, check_fingerprint, load_state, save_atomic
 from lightning_al.scoring import TARGETS, predict_outputs
 from lightning_al.strategies.base import Selection, Strategy
+
+if TYPE_CHECKING:
+    from lightning_al.round_logging import RoundLogger
 
 # Trainer arguments that describe the hardware; scoring trainers reuse them and nothing else.
 _HARDWARE_KEYS = ("accelerator", "precision")
@@ -54,6 +62,11 @@ def _quiet_trainer_setup() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@rank_zero_only
+def _print_rank_zero(message: str) -> None:
+    print(message, flush=True)
+
+
 class ActiveLearningLoop:
     """Pool-based batch-mode active learning on any LightningModule whose ``forward`` returns logits.
 
@@ -75,7 +88,14 @@ class ActiveLearningLoop:
         reset_weights: start every round from the initial weights (as in the literature) instead of
             continuing from the previous round's.
         seed: seeds each round's training (``seed + round``) and the strategies' random choices.
-        output_dir: if given, ``history.json`` is (re)written there after every round.
+        output_dir: the run directory: ``history.json`` after every round and the resumable ``state.pt``
+            after every labelling step (see :meth:`run`).
+        progress: print one line per round (round, labelled count, test accuracy) on rank zero.
+
+    A Lightning ``Logger`` (or a list) in ``trainer_kwargs["logger"]`` receives the whole experiment as one
+    run: every round's training metrics (steps continue across rounds) and, per round, the ``al/*``
+    scalars against ``al/num_labelled``, the queried samples and, at the end, the learning curve
+    (see :class:`~lightning_al.round_logging.RoundLogger`).
     """
 
     def __init__(
@@ -90,14 +110,17 @@ class ActiveLearningLoop:
         reset_weights: bool = True,
         seed: int = 0,
         output_dir: str | None = None,
+        progress: bool = True,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
         check_int("query_size", query_size, 1)
         check_int("rounds", rounds, 0, optional=True)
         check_int("budget", budget, 1, optional=True)
-        if oracle is not None and not isinstance(oracle, Oracle):
-            raise TypeError(f"Expected `oracle` to have a `label(ids)` method, but got {type(oracle).__name__}.")
+        if oracle is not None and not isinstance(oracle, Oracle | QueryOracle):
+            raise TypeError(
+                f"Expected `oracle` to have a `label(ids)` or `answer(query)` method, but got {type(oracle).__name__}."
+            )
         self.strategy = strategy
         self.query_size, self.rounds, self.budget = query_size, rounds, budget
         self.estimator = estimator or strategy.estimator or Softmax()
@@ -115,6 +138,11 @@ class ActiveLearningLoop:
         self.acquired = 0
         self.history: list[dict[str, Any]] = []
         self.generator = torch.Generator().manual_seed(seed)
+        self.progress = progress
+        self.finished = False
+        self.pending_query: Query | None = None
+        self._initial_state: dict[str, Any] | None = None
+        self._round_logger: RoundLogger | None = None
 
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
@@ -124,8 +152,11 @@ class ActiveLearningLoop:
             *self.strategy.callbacks(),
             *self.estimator.callbacks(),
         ]
+        kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": callbacks}
+        if self._round_logger is not None:
+            kwargs["logger"] = self._round_logger.fit_loggers(self.round)
         with _quiet_trainer_setup():
-            return pl.Trainer(**{**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": callbacks})
+            return pl.Trainer(**kwargs)
 
     def _train_member(self, dm: ActiveDataModule) -> TrainFn:
         """The :class:`TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
@@ -240,46 +271,214 @@ class ActiveLearningLoop:
         model: pl.LightningModule,
         datamodule: ActiveDataModule,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = False,
     ) -> list[dict[str, Any]]:
         """Run rounds until a stopping rule fires; return ``history`` (one plain dict per round).
 
         ``on_round_end``, if given, receives each history row as soon as its round ends.
+
+        With ``output_dir`` set, the pool, this loop's state and the model are saved to
+        ``output_dir/state.pt`` after every labelling step; ``resume=True`` continues from there
+        (a round cut short before its labels arrived is run again; labels already recorded are never
+        asked for twice). Without ``resume``, an ``output_dir`` that already holds a run is refused.
+        If the oracle raises :class:`~lightning_al.oracles.LabelsPending` (a human has to label), the
+        state is saved, its message printed, and ``run`` returns; ``pending_query`` is then set.
         """
         if not isinstance(datamodule, ActiveDataModule):
             raise TypeError(f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}.")
         dm = datamodule
-        if dm.pool.num_unlabelled == 0 and not self.history:
+        initial_state = copy.deepcopy(model.state_dict())
+        pending = self._start(model, dm, resume, initial_state)
+        if pending is None and self.finished:
+            return self.history
+        if dm.pool.num_unlabelled == 0 and not self.history and pending is None:
             raise ValueError("Expected an unlabelled pool to query from, but every sample is already labelled.")
-        if self.query_size > dm.pool.num_unlabelled and not self.history:
+        if self.query_size > dm.pool.num_unlabelled and not self.history and pending is None:
             raise ValueError(
                 f"Expected `query_size` to be at most the {dm.pool.num_unlabelled} unlabelled samples, "
                 f"but got {self.query_size}."
             )
         oracle = self.oracle or DatasetOracle(dm.train_set, dm.target_key)
-        initial_state = copy.deepcopy(model.state_dict())
+        initial_state = self._initial_state if self._initial_state is not None else initial_state
+        self._initial_state = initial_state
         while True:
-            if self.reset_weights:
-                model.load_state_dict(initial_state)
-            row: dict[str, Any] = {"round": self.round, "num_labelled": dm.num_labelled}
-            if dm.num_labelled:
-                trainer = self._fit(model, dm, row)
-                dm.clear_pseudo_labels()  # pseudo-labels serve one fit only
-                self._test(model, dm, trainer, row)
-            k = self._next_query_size(dm)
-            if k:
-                selection = self._select(self._score(model, dm, row), dm, k, row)
-                labels = oracle.label(selection.ids)
-                dm.label(selection.ids, labels, round=self.round + 1)
+            if pending is None:
+                if self.reset_weights:
+                    model.load_state_dict(initial_state)
+                row: dict[str, Any] = {"round": self.round, "num_labelled": dm.num_labelled}
+                if dm.num_labelled:
+                    trainer = self._fit(model, dm, row)
+                    dm.clear_pseudo_labels()  # pseudo-labels serve one fit only
+                    self._test(model, dm, trainer, row)
+                k = self._next_query_size(dm)
+                if k:
+                    outputs = self._score(model, dm, row)
+                    selection = self._select(outputs, dm, k, row)
+                    query = Query(
+                        self.round, selection.ids, selection.scores, self._predicted(model, dm, outputs, selection)
+                    )
+                    pending = (row, query, selection)
+            labels = None
+            if pending is not None:
+                row, query, selection = pending
+                k = query.ids.numel()
+                try:
+                    labels = self._ask(oracle, query)
+                except LabelsPending as waiting:
+                    self.pending_query = query
+                    self._save(model, dm, pending)
+                    _print_rank_zero(str(waiting))
+                    return self.history
+                dm.label(query.ids, labels, round=self.round + 1)  # validated by the pool before anything changes
                 self.acquired += k
                 self._pseudo_label(dm, selection, row)
+                self.pending_query = pending = None
             self.history.append(row)
-            if self.output_dir is not None:
-                write_json_atomic(self.output_dir / "history.json", self.history)
+            self.finished = not k
+            if not self.finished:
+                self.round += 1
+            self._save(model, dm, None)
+            self._report(row, query if labels is not None else None, labels, dm)
             if on_round_end is not None:
                 on_round_end(row)
-            if not k:
+            if self.finished:
+                if self._round_logger is not None:
+                    self._round_logger.finish(self.history, dm.pool.labelled_round, dm.pool.labels)
                 return self.history
-            self.round += 1
+
+    def _start(
+        self, model: pl.LightningModule, dm: ActiveDataModule, resume: bool, initial_state: dict[str, Any]
+    ) -> tuple[dict[str, Any], Query, Selection] | None:
+        """Restore a saved run if asked, set up round logging; return the query still waiting for labels."""
+        state_path = self.output_dir / STATE_FILE if self.output_dir is not None else None
+        pending = None
+        if state_path is not None and state_path.exists() and not self.history:
+            if not resume:
+                raise ValueError(
+                    f"Expected `output_dir` to hold no earlier run, but `{state_path}` exists. "
+                    "Pass `resume=True` to continue it, or choose another `output_dir`."
+                )
+            pending = self._restore(load_state(state_path), state_path, model, dm)
+        elif resume and state_path is None:
+            raise ValueError("Expected `output_dir` to be set with `resume=True`, but got None.")
+        if self._round_logger is None:
+            loggers = self.trainer_kwargs.get("logger")
+            loggers = loggers if isinstance(loggers, list | tuple) else [loggers]
+            loggers = [logger for logger in loggers if isinstance(logger, Logger)]
+            if loggers:
+                from lightning_al.round_logging import RoundLogger
+
+                self._round_logger = RoundLogger(loggers)
+                self._round_logger.start(self._config(dm))
+        return pending
+
+    def _config(self, dm: ActiveDataModule) -> dict[str, Any]:
+        return {
+            "strategy": repr(self.strategy),
+            "estimator": type(self.estimator).__name__,
+            "query_size": self.query_size,
+            "rounds": self.rounds,
+            "budget": self.budget,
+            "reset_weights": self.reset_weights,
+            "seed": self.seed,
+            "pool_size": dm.pool.size,
+            "initial_labelled": dm.num_labelled,
+        }
+
+    def _predicted(
+        self, model: pl.LightningModule, dm: ActiveDataModule, outputs: PoolOutputs, selection: Selection
+    ) -> Tensor | None:
+        """The model's predicted class of each selected id (from the pool's probabilities when scored)."""
+        if not dm.num_labelled:
+            return None
+        if PROBS not in outputs.values:
+            outputs = predict_outputs(
+                self._eval_trainer(), model, dm.pool_dataloader(selection.ids), Softmax(), frozenset({PROBS}), dm.inputs
+            )
+        order = outputs.ids.argsort()
+        positions = order[torch.searchsorted(outputs.ids[order], selection.ids)]
+        return outputs[PROBS][positions].argmax(dim=1)
+
+    @staticmethod
+    def _ask(oracle: Oracle | QueryOracle, query: Query) -> Tensor:
+        return oracle.answer(query) if isinstance(oracle, QueryOracle) else oracle.label(query.ids)
+
+    def _report(self, row: dict[str, Any], query: Query | None, labels: Tensor | None, dm: ActiveDataModule) -> None:
+        """history.json, the experiment logger and the progress line, after a round."""
+        if self.output_dir is not None:
+            write_json_atomic(self.output_dir / "history.json", self.history)
+        if self._round_logger is not None:
+            inputs = dm.pool_inputs(query.ids) if query is not None else None
+            self._round_logger.log_round(row, query, labels, inputs)
+        if self.progress:
+            total = f"/{self.rounds + 1}" if self.rounds is not None else ""
+            metric = f" · test_accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            _print_rank_zero(f"[lightning_al] round {row['round'] + 1}{total} · {row['num_labelled']} labelled{metric}")
+
+    # ----- persistence -------------------------------------------------------------------
+    def _fingerprint(self, dm: ActiveDataModule) -> dict[str, Any]:
+        return {
+            "pool_size": dm.pool.size,
+            "num_classes": dm.pool.num_classes,
+            "strategy": type(self.strategy).__qualname__,
+            "query_size": self.query_size,
+            "seed": self.seed,
+        }
+
+    def _user_callbacks(self) -> dict[str, pl.Callback]:
+        return {cb.state_key: cb for cb in self.trainer_kwargs.get("callbacks", [])}
+
+    def _save(
+        self,
+        model: pl.LightningModule,
+        dm: ActiveDataModule,
+        pending: tuple[dict[str, Any], Query, Selection] | None,
+    ) -> None:
+        if self.output_dir is None:
+            return
+        waiting = None
+        if pending is not None:
+            row, query, selection = pending
+            waiting = {
+                "row": row,
+                "query": dataclasses.asdict(query),
+                "pseudo_ids": selection.pseudo_ids,
+                "pseudo_labels": selection.pseudo_labels,
+            }
+        state = {
+            "format": RUN_STATE_FORMAT,
+            "fingerprint": self._fingerprint(dm),
+            "loop": self.state_dict(),
+            "datamodule": dm.state_dict(),
+            "pseudo": [dm.pseudo_labelled_ids, dm.pseudo_labels],
+            "callbacks": {key: cb.state_dict() for key, cb in self._user_callbacks().items()},
+            "initial_model": self._initial_state,
+            "model": model.state_dict(),
+            "pending": waiting,
+        }
+        save_atomic(state, self.output_dir / STATE_FILE)
+
+    def _restore(
+        self, state: dict[str, Any], path: Path, model: pl.LightningModule, dm: ActiveDataModule
+    ) -> tuple[dict[str, Any], Query, Selection] | None:
+        check_fingerprint(path, state["fingerprint"], self._fingerprint(dm))
+        dm.load_state_dict(state["datamodule"])
+        self.load_state_dict(state["loop"])
+        pseudo_ids, pseudo_labels = state["pseudo"]
+        if pseudo_ids.numel():
+            dm.set_pseudo_labels(pseudo_ids, pseudo_labels)
+        for key, cb in self._user_callbacks().items():
+            if key in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][key])
+        self._initial_state = state["initial_model"]
+        model.load_state_dict(state["model"])
+        waiting = state["pending"]
+        if waiting is None:
+            return None
+        query = Query(**waiting["query"])
+        self.pending_query = query
+        selection = Selection(query.ids, query.scores, waiting["pseudo_ids"], waiting["pseudo_labels"])
+        return waiting["row"], query, selection
 
     # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -290,6 +489,7 @@ class ActiveLearningLoop:
             "generator": self.generator.get_state(),
             "strategy": self.strategy.state_dict(),
             "estimator": self.estimator.state_dict(),
+            "finished": self.finished,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -298,3 +498,4 @@ class ActiveLearningLoop:
         self.generator.set_state(state["generator"])
         self.strategy.load_state_dict(state["strategy"])
         self.estimator.load_state_dict(state["estimator"])
+        self.finished = bool(state.get("finished", False))

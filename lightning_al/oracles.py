@@ -1,7 +1,8 @@
-"""Oracles answer label queries: simulated from ground truth, or (later) a human."""
+"""Oracles answer label queries: simulated from ground truth, or a human through a file."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
@@ -20,6 +21,43 @@ class Oracle(Protocol):
     """
 
     def label(self, ids: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Query:
+    """One round's request for labels, with what the model thinks of each queried sample.
+
+    Attributes:
+        round: the round whose model made the query (its answers are recorded as round ``round + 1``).
+        ids: ``LongTensor[k]`` dataset ids, in the order the strategy chose them.
+        scores: ``DoubleTensor[k]`` the strategy's acquisition scores (higher = chosen first), or None.
+        predicted: ``LongTensor[k]`` the model's predicted class (argmax of its softmax), or None
+            when no labelled data has trained a model yet.
+    """
+
+    round: int
+    ids: Tensor
+    scores: Tensor | None = None
+    predicted: Tensor | None = None
+
+
+@runtime_checkable
+class QueryOracle(Protocol):
+    """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
+
+    ``answer(query)`` returns a ``LongTensor[k]`` of class indices in the order of ``query.ids``, or
+    raises :class:`LabelsPending` when the answers are not available yet.
+    """
+
+    def answer(self, query: Query) -> Tensor: ...
+
+
+class LabelsPending(Exception):
+    """Raised by an oracle whose answers are not ready (a human has to label first).
+
+    The loop saves its state and returns; running it again with ``resume=True`` asks the oracle
+    the same query again. The message tells the user what to do.
+    """
 
 
 class DatasetOracle:

@@ -207,6 +207,11 @@ class ActiveDataModule(pl.LightningDataModule):
     def pseudo_labelled_ids(self) -> Tensor:
         return self._pseudo_ids
 
+    @property
+    def pseudo_labels(self) -> Tensor:
+        """The labels of :attr:`pseudo_labelled_ids`, in the same order."""
+        return self._pseudo_labels
+
     def train_dataloader(self, ids: Tensor | None = None) -> DataLoader:
         """The labelled samples (plus any pseudo-labelled ones), shuffled; ``ids`` (labelled ids, repeats
         allowed: a bootstrap resample) replaces them when given."""
@@ -240,6 +245,11 @@ class ActiveDataModule(pl.LightningDataModule):
         """Unlabelled samples (or ``ids``) in ascending id order, with the evaluation transform."""
         ids = self.pool.unlabelled_ids if ids is None else self.pool.check_known(ids)
         return self._loader(self.pool_set, ids, batch_size=self.eval_batch_size, shuffle=False)
+
+    def pool_inputs(self, ids: Any) -> Any:
+        """The model inputs of ``ids`` (evaluation transform), collated into one batch, e.g. for thumbnails."""
+        ids = self.pool.check_known(ids)
+        return self.inputs(next(iter(self._loader(self.pool_set, ids, batch_size=max(1, ids.numel())))))
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:
         """A fully labelled ``dataset`` (validation or test) in order, with ids ``0..len-1``."""

@@ -1,0 +1,61 @@
+"""A run directory's resumable state: one ``state.pt`` written atomically after every labelling step."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+FORMAT = 1
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` via a temporary file, fsync and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a state written by :func:`save_atomic` with ``weights_only=True`` (tensors, numbers, strings and
+    containers only: nothing else is unpickled), refusing files that are not a lightning_al run state."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"Expected `{path}` to be a lightning_al run state, but it could not be read ({error})."
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"Expected `{path}` to be a lightning_al run state of format {FORMAT}, but got "
+            f"{'format ' + repr(state.get('format')) if isinstance(state, dict) else type(state).__name__}."
+        )
+    return state
+
+
+def check_fingerprint(path: str | os.PathLike, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a run whose pool or strategy differ from the current ones, naming each difference."""
+    differences = [
+        f"{key}: saved {saved.get(key)!r}, now {value!r}" for key, value in current.items() if saved.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"Expected the run in `{path}` to match this loop and datamodule, but they differ ("
+            + "; ".join(differences)
+            + "). Use another `output_dir` for a different experiment."
+        )
