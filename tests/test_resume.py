@@ -110,7 +110,7 @@ def test_an_existing_run_directory_is_not_overwritten(tmp_path):
     dm = make_dm()
     make_loop(tmp_path, strategy=Random()).run(fresh_model(), dm)
     before = (tmp_path / "state.pt").read_bytes()
-    with pytest.raises(ValueError, match="`output_dir` to hold no earlier run, but .*state.pt` exists"):
+    with pytest.raises(ValueError, match=r"`output_dir` to hold no earlier run, but .*state.pt` exists"):
         make_loop(tmp_path, strategy=Random()).run(fresh_model(), make_dm())
     assert (tmp_path / "state.pt").read_bytes() == before
 
@@ -132,7 +132,7 @@ def test_a_mismatched_run_is_refused_with_every_difference(tmp_path):
 @pytest.mark.parametrize("content", [b"not a checkpoint", b""])
 def test_a_corrupt_state_file_is_refused(tmp_path, content):
     (tmp_path / "state.pt").write_bytes(content)
-    with pytest.raises(ValueError, match="state.pt` to be a lightning_al run state, but it could not be read"):
+    with pytest.raises(ValueError, match=r"state.pt` to be a lightning_al run state, but it could not be read"):
         make_loop(tmp_path).run(fresh_model(), make_dm(), resume=True)
 
 
