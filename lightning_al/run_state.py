@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_al._atomic import atomic_open
 
 STATE_FILE = "state.pt"
 FORMAT = 1
@@ -16,18 +17,8 @@ FORMAT = 1
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` via a temporary file, fsync and rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
