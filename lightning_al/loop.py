@@ -144,6 +144,7 @@ class ActiveLearningLoop:
         self.pending_query: Query | None = None
         self._initial_state: dict[str, Any] | None = None
         self._round_logger: RoundLogger | None = None
+        self._round_logger_state: dict[str, Any] | None = None
 
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
@@ -372,6 +373,8 @@ class ActiveLearningLoop:
                 from lightning_al.round_logging import RoundLogger
 
                 self._round_logger = RoundLogger(loggers)
+                if self._round_logger_state is not None:  # resumed: training steps continue after the saved ones
+                    self._round_logger.load_state_dict(self._round_logger_state)
                 self._round_logger.start(self._config(dm))
         return pending
 
@@ -458,6 +461,7 @@ class ActiveLearningLoop:
             "initial_model": self._initial_state,
             "model": model.state_dict(),
             "pending": waiting,
+            "round_logger": self._round_logger.state_dict() if self._round_logger is not None else None,
         }
         save_atomic(state, self.output_dir / STATE_FILE)
 
@@ -474,6 +478,7 @@ class ActiveLearningLoop:
             if key in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][key])
         self._initial_state = state["initial_model"]
+        self._round_logger_state = state["round_logger"]
         model.load_state_dict(state["model"])
         waiting = state["pending"]
         if waiting is None:
