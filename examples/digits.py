@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import time
 import warnings
@@ -24,50 +25,19 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
-from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 import lightning_al as al
+from lightning_al.datasets import Digits
+from lightning_al.models import MLPClassifier
+from lightning_al.plotting import labels_to_reach, learning_curve, plot_learning_curves
+
+DigitsMLP = MLPClassifier
 
 
-class DigitsMLP(pl.LightningModule):
-    """A small MLP with dropout for 8×8 digit images flattened to 64 features."""
-
-    def __init__(self, hidden: int = 128, dropout: float = 0.25, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Linear(64, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-
-def digits_splits(test_size: float = 0.33) -> tuple[TensorDataset, TensorDataset]:
+def digits_splits(test_size: float = 0.33) -> tuple[Digits, Digits]:
     """The 1,797 digits, scaled to [0, 1], split into a pool and a held-out test set (stratified, fixed)."""
-    x, y = load_digits(return_X_y=True)
-    x_pool, x_test, y_pool, y_test = train_test_split(x / 16.0, y, test_size=test_size, random_state=0, stratify=y)
-    as_set = lambda a, b: TensorDataset(torch.tensor(a, dtype=torch.float32), torch.tensor(b))  # noqa: E731
-    return as_set(x_pool, y_pool), as_set(x_test, y_test)
+    return Digits("pool", test_size), Digits("test", test_size)
 
 
 @dataclass(frozen=True)
@@ -97,31 +67,32 @@ def run_experiment(name: str, arm: Arm, seed: int, args: argparse.Namespace, pro
     )
     pl.seed_everything(seed, verbose=False)
     model = arm.model()
+    run_dir = Path(args.output) / f"{name}_seed{seed}" if args.output else None
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # every invocation runs the protocol afresh
     loop = al.ActiveLearningLoop(
         strategy=arm.strategy(),
         query_size=args.query_size,
         rounds=args.rounds,
         trainer_kwargs=dict(max_epochs=args.epochs, accelerator="cpu", callbacks=arm.callbacks()),
         seed=seed,
-        output_dir=str(Path(args.output) / f"{name}_seed{seed}") if args.output else None,
+        output_dir=str(run_dir) if run_dir is not None else None,
+        progress=False,  # the parent process shows one bar over every run
     )
     on_round_end = (lambda row: progress.put(1)) if progress is not None else None
     return loop.run(model, datamodule, on_round_end=on_round_end)
 
 
-def labels_to_reach(history: list[dict], target: float) -> int | None:
-    """The first number of labels at which test accuracy reached ``target`` (None if never)."""
-    return next((row["num_labelled"] for row in history if row["test_accuracy"] >= target), None)
-
-
 def summarise(results: dict[str, list[list[dict]]], target: float) -> str:
     """Markdown tables: mean test accuracy per label count, and labels needed to reach ``target``."""
     names = list(results)
-    counts = [row["num_labelled"] for row in results[names[0]][0]]
+    curves = {name: learning_curve(runs) for name, runs in results.items()}
+    means = {name: dict(zip(c.num_labelled.tolist(), c.mean.tolist(), strict=True)) for name, c in curves.items()}
+    counts = sorted(set().union(*means.values()))
     lines = ["| labels | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i, count in enumerate(counts):
-        accs = [statistics.mean(run[i]["test_accuracy"] for run in results[name]) for name in names]
-        lines.append(f"| {count} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    for count in counts:
+        cells = [f"{means[name][count]:.3f}" if count in means[name] else "—" for name in names]
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"| strategy | labels to reach {target:.0%} test accuracy (mean ± std over seeds) | per seed |",
@@ -136,28 +107,6 @@ def summarise(results: dict[str, list[list[dict]]], target: float) -> str:
             cell = f"not reached by some seeds (> {counts[-1]})"
         lines.append(f"| {name} | {cell} | {reached} |")
     return "\n".join(lines)
-
-
-def plot(results: dict[str, list[list[dict]]], target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, runs in results.items():
-        counts = torch.tensor([row["num_labelled"] for row in runs[0]], dtype=torch.float64)
-        accs = torch.tensor([[row["test_accuracy"] for row in run] for run in runs], dtype=torch.float64)
-        mean, std = accs.mean(0), accs.std(0) if len(runs) > 1 else torch.zeros_like(accs[0])
-        ax.plot(counts, mean, label=name)
-        ax.fill_between(counts, mean - std, mean + std, alpha=0.2)
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("labelled samples")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"digits: mean ± std over {len(next(iter(results.values())))} seeds")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main(arms: dict[str, Arm], description: str, default_output: str, default_arms: list[str] | None = None) -> None:
@@ -201,7 +150,10 @@ def main(arms: dict[str, Arm], description: str, default_output: str, default_ar
     table = summarise(results, args.target)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    plot(results, args.target, output / "learning_curves.png")
+    seeds = f"{args.seeds} seed{'s' if args.seeds > 1 else ''}"
+    plot_learning_curves(
+        results, target=args.target, title=f"digits: mean ± std over {seeds}", path=output / "learning_curves.png"
+    )
     (output / "summary.md").write_text(table + "\n")
     (output / "results.json").write_text(json.dumps(results))
     print(table)
