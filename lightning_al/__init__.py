@@ -1,11 +1,14 @@
 """lightning_al: deep active learning for PyTorch Lightning."""
 
-from lightning_al import bayes, callbacks, estimators, functional, strategies
+from lightning_al import bayes, callbacks, estimators, functional, plotting, strategies
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
 from lightning_al.estimators import BayesByBackprop, DeepEnsemble, Estimator, MCDropout, SnapshotEnsemble, Softmax
+from lightning_al.file_oracle import FileOracle
 from lightning_al.loop import ActiveLearningLoop
-from lightning_al.oracles import DatasetOracle, Oracle
+from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, QueryOracle
 from lightning_al.outputs import PoolOutputs
+from lightning_al.plotting import plot_learning_curves
+from lightning_al.round_logging import RoundLogger
 from lightning_al.strategies import Selection, Strategy
 
 __version__ = "0.1.0"
@@ -18,9 +21,14 @@ __all__ = [
     "DatasetOracle",
     "DeepEnsemble",
     "Estimator",
+    "FileOracle",
+    "LabelsPending",
     "MCDropout",
     "Oracle",
     "PoolOutputs",
+    "Query",
+    "QueryOracle",
+    "RoundLogger",
     "Selection",
     "SnapshotEnsemble",
     "Softmax",
@@ -30,5 +38,7 @@ __all__ = [
     "callbacks",
     "estimators",
     "functional",
+    "plot_learning_curves",
+    "plotting",
     "strategies",
 ]
