@@ -106,15 +106,8 @@ def main(
     pl.seed_everything(seed)
     model = DigitsCNN()
     datamodule = DigitsDataModule(seed=seed)
-    datamodule.setup("fit")  # + active learning: the datasets, handed to the active datamodule
-    active = al.ActiveDataModule(  # + active learning: labelled set + unlabelled pool over train_set
-        datamodule.train_set,
-        val_set=datamodule.val_set,
-        test_set=datamodule.test_set,
-        initial_labelled=initial_labelled,
-        batch_size=datamodule.batch_size,
-        min_steps_per_epoch=10,
-        seed=seed,
+    active = al.ActiveDataModule.from_datamodule(  # + active learning: labelled set + pool over its train set
+        datamodule, initial_labelled=initial_labelled, min_steps_per_epoch=10, seed=seed
     )
     loop = al.ActiveLearningLoop(  # + active learning: fit, test, query, label; `rounds` times
         strategy=getattr(al.strategies, strategy)(),

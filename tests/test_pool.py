@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import blobs
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch.utils.data import Dataset, TensorDataset
 
@@ -578,3 +579,33 @@ def test_min_steps_per_epoch_gives_whole_batches_only():
     assert sizes == [8, 8, 8]  # 18 labels: 3 full batches, the last one topped up from the next shuffle
     plain = ActiveDataModule(make_dataset(), initial_labelled=18, batch_size=8)
     assert [b.ids.numel() for b in plain.train_dataloader()] == [8, 8, 2]
+
+
+def test_from_datamodule_takes_the_datasets_and_loader_settings():
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    train, val, test = blobs(40, seed=0), blobs(10, seed=1), blobs(12, seed=2)
+
+    class Plain(pl.LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages: list[str] = []
+
+        def setup(self, stage: str) -> None:
+            self.stages.append(stage)
+
+        def train_dataloader(self):
+            return DataLoader(train, batch_size=7, shuffle=True)
+
+        def test_dataloader(self):
+            return DataLoader(test, batch_size=100)
+
+    plain = Plain()
+    dm = ActiveDataModule.from_datamodule(plain, initial_labelled=5, seed=0)
+    assert plain.stages == ["fit", "test"]
+    assert dm.train_set is train and dm.pool_set is train and dm.test_set is test and dm.val_set is None
+    assert dm.batch_size == 7 and dm.num_labelled == 5
+    assert ActiveDataModule.from_datamodule(plain, batch_size=3, val_set=val).batch_size == 3
+    with pytest.raises(TypeError, match="`datamodule` to be a LightningDataModule, but got TensorDataset"):
+        ActiveDataModule.from_datamodule(train)

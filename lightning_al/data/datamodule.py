@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -131,6 +132,30 @@ class ActiveDataModule(pl.LightningDataModule):
         initial_ids = self._initial_ids(initial_labelled, initial_per_class)
         if initial_ids.numel():
             self.pool.label(initial_ids, dataset_targets(train_set, initial_ids, target_key), round=0)
+
+    @classmethod
+    def from_datamodule(cls, datamodule: pl.LightningDataModule, **kwargs: Any) -> ActiveDataModule:
+        """An active datamodule over the datasets of an existing ``LightningDataModule``.
+
+        Runs its ``prepare_data`` and ``setup``, then takes the ``dataset`` of its train (and, where
+        defined, val and test) dataloaders, and their ``batch_size`` and ``num_workers``. ``kwargs``
+        go to the constructor and win over what was taken (e.g. ``initial_labelled``, or ``pool_set``:
+        the training samples with the evaluation transform, when training uses augmentation).
+        """
+        if not isinstance(datamodule, pl.LightningDataModule):
+            raise TypeError(f"Expected `datamodule` to be a LightningDataModule, but got {type(datamodule).__name__}.")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        train = datamodule.train_dataloader()
+        taken: dict[str, Any] = {"train_set": train.dataset, "num_workers": train.num_workers}
+        if train.batch_size is not None:
+            taken["batch_size"] = train.batch_size
+        for name, stage in (("val", "validate"), ("test", "test")):
+            if is_overridden(f"{name}_dataloader", datamodule, pl.LightningDataModule):
+                if stage == "test":
+                    datamodule.setup("test")
+                taken[f"{name}_set"] = getattr(datamodule, f"{name}_dataloader")().dataset
+        return cls(**{**taken, **kwargs})
 
     def _initial_ids(self, initial_labelled: int, initial_per_class: int | None) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
