@@ -265,9 +265,11 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
     emb_sq_N = _squared_norms("embeddings_N_D", embeddings_N_D)
     pred_N = probs_N_C.argmax(dim=1)
     # ‖a_i‖² = sum_{c != ŷ} p_c² + (1 - p_ŷ)², from float64 row chunks (exact 0 for one-hot rows).
-    probs_sq_N = _squared_norms("probs_N_C", probs_N_C)
+    # The non-top squares are summed directly: ‖p‖² - p_ŷ² would cancel when p_ŷ ~ 1.
+    _squared_norms("probs_N_C", probs_N_C)  # refuses NaN/inf with the offending rows
+    others_sq_N = _squared_norms("probs_N_C", probs_N_C.scatter(1, pred_N[:, None], 0))
     top_N = probs_N_C.gather(1, pred_N[:, None]).squeeze(1).to(torch.float64)
-    residual_sq_N = (probs_sq_N - top_N * top_N + (1.0 - top_N) ** 2).clamp_(min=0.0)
+    residual_sq_N = others_sq_N + (1.0 - top_N) ** 2
     grad_sq_N = residual_sq_N * emb_sq_N  # ‖g_i‖²
 
     probs_N_C, embeddings_N_D = _for_products(probs_N_C), _for_products(embeddings_N_D)

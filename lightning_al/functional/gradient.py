@@ -54,9 +54,13 @@ def egl(probs_N_C: Tensor, embeddings_N_D: Tensor, bias: bool = False) -> Tensor
     if not isinstance(bias, bool):
         raise TypeError(f"Expected `bias` to be a bool, but got {type(bias).__name__}.")
     probs = probs_N_C.to(torch.float64)
-    squared_norm_N = probs.square().sum(dim=1, keepdim=True)
-    # ||p - e_y||^2 = ||p||^2 - 2 p_y + 1; clamp the rounding below zero when p = e_y.
-    residual_norm_N_C = (squared_norm_N - 2 * probs + 1).clamp_min(0).sqrt()
+    # ||p - e_y||^2 = sum_{c != y} p_c^2 + (1 - p_y)^2. The first term is ||p||^2 - p_y^2, except for the
+    # top class, where that difference cancels (p_y ~ 1): there it is summed directly.
+    squares_N_C = probs.square()
+    top_N_1 = probs.argmax(dim=1, keepdim=True)
+    others_N_C = squares_N_C.sum(dim=1, keepdim=True) - squares_N_C
+    others_N_C.scatter_(1, top_N_1, squares_N_C.scatter(1, top_N_1, 0.0).sum(dim=1, keepdim=True))
+    residual_norm_N_C = (others_N_C.clamp_min(0) + (1 - probs).square()).sqrt()
     expected_residual_N = (probs * residual_norm_N_C).sum(dim=1)
     embedding_sq_N = embeddings_N_D.to(torch.float64).square().sum(dim=1)
     if bias:
