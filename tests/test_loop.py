@@ -153,7 +153,7 @@ def test_bad_arguments_are_refused(kwargs, match):
 def test_bad_strategy_and_oracle_are_refused():
     with pytest.raises(TypeError, match="`strategy` to be a lightning_al Strategy, but got str"):
         al.ActiveLearningLoop(strategy="entropy", query_size=1)
-    with pytest.raises(TypeError, match="`oracle` to have a `label\\(ids\\)` or `answer\\(query\\)` method, but got int"):
+    with pytest.raises(TypeError, match=r"`oracle` to have a `label\(ids\)` or `answer\(query\)` method, but got int"):
         al.ActiveLearningLoop(strategy=Random(), query_size=1, oracle=3)
 
 

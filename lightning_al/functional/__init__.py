@@ -19,6 +19,7 @@ from lightning_al.functional.diversity import badge, covering_radius, kcenter_gr
 from lightning_al.functional.dynamics import forgetting_counts, label_dispersion
 from lightning_al.functional.gradient import egl
 from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
+from lightning_al.functional.mal import cosine_logits, mal_score
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
@@ -29,6 +30,7 @@ __all__ = [
     "batchbald",
     "batchbald_with_gains",
     "cal_scores",
+    "cosine_logits",
     "covering_radius",
     "egl",
     "entropy",
@@ -39,6 +41,7 @@ __all__ = [
     "label_dispersion",
     "least_confidence",
     "loss_prediction_ranking_loss",
+    "mal_score",
     "margin",
     "max_cover_greedy",
     "mean_std",

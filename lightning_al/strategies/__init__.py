@@ -8,6 +8,7 @@ from lightning_al.strategies.diversity import BADGE, CAL, EGL, CoreSet, DiverseM
 from lightning_al.strategies.dynamics import LabelDispersion
 from lightning_al.strategies.hybrid import SelectionViaProxy, SuggestiveAnnotation, TwoStage, WeightedMix
 from lightning_al.strategies.loss_prediction import LossPrediction
+from lightning_al.strategies.mal import MAL, MALEstimator
 from lightning_al.strategies.random_sampling import Random
 from lightning_al.strategies.uncertainty import Entropy, LeastConfidence, Margin
 from lightning_al.strategies.vaal import VAAL
@@ -18,6 +19,7 @@ __all__ = [
     "CAL",
     "CEAL",
     "EGL",
+    "MAL",
     "QBC",
     "VAAL",
     "BatchBALD",
@@ -27,6 +29,7 @@ __all__ = [
     "LabelDispersion",
     "LeastConfidence",
     "LossPrediction",
+    "MALEstimator",
     "Margin",
     "MaxEntropy",
     "MeanSTD",

@@ -1,0 +1,122 @@
+r"""MAL acquisition: the highest-entropy samples among those the discriminator calls unlabelled.
+
+Ebrahimi et al. 2021, "Minimax Active Learning" (arXiv:2012.10467). The model's encoder and
+cosine classifier play the minimax entropy game on the unlabelled pool, and a discriminator
+learns labelled vs unlabelled features, during every round's fit
+(:class:`~lightning_al.callbacks.mal.MALCallback`); scoring combines the discriminator
+(diversity) and the classifier's entropy (uncertainty) with
+:func:`~lightning_al.functional.mal.mal_score`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_al.callbacks.loss_prediction import tap_features
+from lightning_al.callbacks.mal import MALCallback
+from lightning_al.estimators.base import Estimator
+from lightning_al.functional.mal import mal_score
+from lightning_al.outputs import PROBS, PoolOutputs
+from lightning_al.strategies.base import ScoreStrategy
+
+MAL_UNLABELLED_SCORE = "mal_unlabelled_score"  # (N,) 1 - p("labelled") of MAL's discriminator
+
+
+class MALEstimator(Estimator):
+    """One eval-mode forward pass: ``probs = softmax(model(x))`` ``(B, K)`` and the discriminator's score ``(B,)``.
+
+    ``mal_unlabelled_score = 1 - sigmoid(D(f / ‖f‖))`` with ``f`` the output of the callback's
+    ``encoder_layer``, captured in the same pass. Only the outputs in ``needs`` are returned.
+
+    Args:
+        callback: the :class:`MALCallback` that trains the model's minimax game and the discriminator.
+    """
+
+    provides = frozenset({PROBS, MAL_UNLABELLED_SCORE})
+
+    def __init__(self, callback: MALCallback) -> None:
+        if not isinstance(callback, MALCallback):
+            raise TypeError(f"Expected `callback` to be a MALCallback, but got {type(callback).__name__}.")
+        self.callback = callback
+
+    def modules(self) -> list[nn.Module]:
+        return [] if self.callback.discriminator is None else [self.callback.discriminator]
+
+    def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        model.eval()
+        layer = self.callback.encoder_layer
+        with tap_features(model, [layer]) as captured:
+            logits = model(inputs)
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"Expected the model's forward to return logits of shape (B, K), but got {shape}.")
+        out: dict[str, Tensor] = {}
+        if PROBS in needs:
+            out[PROBS] = torch.softmax(logits.float(), dim=-1)
+        if MAL_UNLABELLED_SCORE in needs:
+            if layer not in captured:
+                raise ValueError(f"Expected the layer {layer!r} to run in the model's forward, but it did not.")
+            out[MAL_UNLABELLED_SCORE] = self.callback.unlabelled_prob(captured[layer]).float()
+        return out
+
+
+class MAL(ScoreStrategy):
+    r"""Minimax active learning (Ebrahimi et al. 2021): top ``k`` of :func:`~lightning_al.functional.mal.mal_score`.
+
+    :math:`s(x) = H(x) - \mathbb{1}[u(x) < \tau](\log K + 1)`: the samples the discriminator
+    predicts as unlabelled (:math:`u \ge \tau`), highest classifier entropy first, then the rest
+    by entropy. Owns the :class:`~lightning_al.callbacks.mal.MALCallback` that trains during each
+    round's fit (:meth:`callbacks`); the other arguments are forwarded to it, and its module
+    docstring says what the model must provide (an ``encoder_layer``, ideally followed by a
+    :class:`~lightning_al.callbacks.mal.CosineClassifier`).
+
+    Args:
+        encoder_layer: name of the layer whose output is the feature :math:`F(x)`.
+        threshold: :math:`\tau`, the discriminator's "unlabelled" probability from which a sample
+            counts as unlabelled-looking (0 gives entropy sampling).
+    """
+
+    requires = frozenset({PROBS, MAL_UNLABELLED_SCORE})
+
+    def __init__(
+        self,
+        encoder_layer: str,
+        threshold: float = 0.5,
+        entropy_weight: float = 0.1,
+        discriminator_hidden: int = 64,
+        lr: float = 5e-4,
+        seed: int = 0,
+        reset_each_fit: bool = True,
+    ) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+            raise ValueError(f"Expected `threshold` to be a float in [0, 1], but got {threshold!r}.")
+        self.threshold = float(threshold)
+        self.callback = MALCallback(
+            encoder_layer,
+            entropy_weight=entropy_weight,
+            discriminator_hidden=discriminator_hidden,
+            lr=lr,
+            seed=seed,
+            reset_each_fit=reset_each_fit,
+        )
+        self.estimator = MALEstimator(self.callback)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.callback]
+
+    def score(self, outputs: PoolOutputs) -> Tensor:
+        return mal_score(outputs[PROBS], outputs[MAL_UNLABELLED_SCORE], self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"callback": self.callback.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state["callback"])
+
+    def __repr__(self) -> str:
+        c = self.callback
+        return f"MAL(encoder_layer={c.encoder_layer!r}, threshold={self.threshold}, entropy_weight={c.entropy_weight})"
