@@ -318,9 +318,9 @@ class ActiveLearningLoop:
                 if k:
                     outputs = self._score(model, dm, row)
                     selection = self._select(outputs, dm, k, row)
-                    query = Query(
-                        self.round, selection.ids, selection.scores, self._predicted(model, dm, outputs, selection)
-                    )
+                    shown = isinstance(oracle, QueryOracle) or self._round_logger is not None
+                    predicted = self._predicted(model, dm, outputs, selection) if shown else None
+                    query = Query(self.round, selection.ids, selection.scores, predicted)
                     pending = (row, query, selection)
             labels = None
             if pending is not None:

@@ -31,8 +31,9 @@ class Query:
         round: the round whose model made the query (its answers are recorded as round ``round + 1``).
         ids: ``LongTensor[k]`` dataset ids, in the order the strategy chose them.
         scores: ``DoubleTensor[k]`` the strategy's acquisition scores (higher = chosen first), or None.
-        predicted: ``LongTensor[k]`` the model's predicted class (argmax of its softmax), or None
-            when no labelled data has trained a model yet.
+        predicted: ``LongTensor[k]`` the model's predicted class (argmax of its softmax), or None when
+            no labelled data has trained a model yet, or when nobody reads it (the loop computes it for a
+            :class:`QueryOracle` or an experiment logger).
     """
 
     round: int
