@@ -106,7 +106,7 @@ class ActiveLearningLoop:
         rounds: int | None = None,
         budget: int | None = None,
         estimator: Estimator | None = None,
-        oracle: Oracle | None = None,
+        oracle: Oracle | QueryOracle | None = None,
         trainer_kwargs: dict[str, Any] | None = None,
         reset_weights: bool = True,
         seed: int = 0,
