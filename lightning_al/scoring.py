@@ -35,9 +35,13 @@ class _Scorer(pl.LightningModule):
         self.inputs, self.targets = inputs, targets
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        values = self.estimator.predict(self.model, self.inputs(batch), self.needs)
+        ids = batch_ids(batch)
+        if self.estimator.needs_ids:
+            values = self.estimator.predict(self.model, self.inputs(batch), self.needs, ids=ids)
+        else:
+            values = self.estimator.predict(self.model, self.inputs(batch), self.needs)
         out = {name: values[name].detach().cpu() for name in self.needs}
-        out["ids"] = batch_ids(batch).cpu()
+        out["ids"] = ids.cpu()
         if self.targets is not None:
             out[TARGETS] = self.targets(batch).cpu()
         return out

@@ -38,6 +38,8 @@ class Estimator:
     """
 
     provides: frozenset[str] = frozenset()
+    # True: ``predict`` also receives ``ids=`` (the batch's dataset ids), e.g. to look up cached features.
+    needs_ids: bool = False
 
     def callbacks(self) -> list[pl.Callback]:
         """Callbacks added to every round's fit of the main model."""
