@@ -196,3 +196,15 @@ def test_random_needs_no_scoring_even_with_a_model_that_outputs_nan():
     dm = make_dm(test_set=None)
     history = make_loop(strategy=Random()).run(NaNForSomeIds(), dm)
     assert dm.num_labelled == 15 and len(history) == 2
+
+
+def test_an_exhausted_budget_asks_for_nothing_more(tmp_path):
+    dm = make_dm()
+    loop = make_loop(budget=7, rounds=None, output_dir=str(tmp_path))
+    history = loop.run(TinyClassifier(), dm)
+    assert [row["num_labelled"] for row in history] == [10, 15, 17]  # the last query takes what is left
+    before = dm.state_dict()["pool"]["labelled_round"].clone()
+    assert loop.run(TinyClassifier(), dm) == history  # run again: nothing asked, no row added
+    resumed = make_loop(budget=7, rounds=None, output_dir=str(tmp_path))
+    assert resumed.run(TinyClassifier(), make_dm(), resume=True) == history
+    assert torch.equal(dm.state_dict()["pool"]["labelled_round"], before)
