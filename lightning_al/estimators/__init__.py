@@ -2,7 +2,18 @@
 
 from lightning_al.estimators.base import Estimator, Softmax
 from lightning_al.estimators.ensembles import Committee, DeepEnsemble, SnapshotEnsemble
+from lightning_al.estimators.fixed_features import FrozenEncoder, PrecomputedEmbeddings
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.estimators.weight_sampling import BayesByBackprop
 
-__all__ = ["BayesByBackprop", "Committee", "DeepEnsemble", "Estimator", "MCDropout", "SnapshotEnsemble", "Softmax"]
+__all__ = [
+    "BayesByBackprop",
+    "Committee",
+    "DeepEnsemble",
+    "Estimator",
+    "FrozenEncoder",
+    "MCDropout",
+    "PrecomputedEmbeddings",
+    "SnapshotEnsemble",
+    "Softmax",
+]

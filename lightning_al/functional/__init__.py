@@ -15,6 +15,12 @@ from lightning_al.functional.bayesian import (
     vote_entropy,
 )
 from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
+from lightning_al.functional.coverage import (
+    ball_purity,
+    nearest_other_cluster_distance,
+    probcover_greedy,
+    purity_delta,
+)
 from lightning_al.functional.diversity import badge, covering_radius, kcenter_greedy
 from lightning_al.functional.dynamics import forgetting_counts, label_dispersion
 from lightning_al.functional.gradient import egl
@@ -22,11 +28,13 @@ from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
 from lightning_al.functional.mal import cosine_logits, mal_score
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
 from lightning_al.functional.selection import topk_select
+from lightning_al.functional.typicality import typicality, typiclust, typiclust_from_clusters
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
 __all__ = [
     "badge",
     "bald",
+    "ball_purity",
     "batchbald",
     "batchbald_with_gains",
     "cal_scores",
@@ -45,9 +53,15 @@ __all__ = [
     "margin",
     "max_cover_greedy",
     "mean_std",
+    "nearest_other_cluster_distance",
     "nearest_to_centres",
     "predictive_entropy",
+    "probcover_greedy",
+    "purity_delta",
     "topk_select",
+    "typicality",
+    "typiclust",
+    "typiclust_from_clusters",
     "variation_ratio",
     "vote_entropy",
     "weighted_kmeans",

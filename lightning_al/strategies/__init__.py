@@ -4,6 +4,7 @@ from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy
 from lightning_al.strategies.batchbald import BatchBALD
 from lightning_al.strategies.bayesian import BALD, QBC, MaxEntropy, MeanSTD, VariationRatios
 from lightning_al.strategies.ceal import CEAL
+from lightning_al.strategies.cold_start import BudgetAware, ProbCover, TypiClust
 from lightning_al.strategies.diversity import BADGE, CAL, EGL, CoreSet, DiverseMiniBatch
 from lightning_al.strategies.dynamics import LabelDispersion
 from lightning_al.strategies.hybrid import SelectionViaProxy, SuggestiveAnnotation, TwoStage, WeightedMix
@@ -23,6 +24,7 @@ __all__ = [
     "QBC",
     "VAAL",
     "BatchBALD",
+    "BudgetAware",
     "CoreSet",
     "DiverseMiniBatch",
     "Entropy",
@@ -33,6 +35,7 @@ __all__ = [
     "Margin",
     "MaxEntropy",
     "MeanSTD",
+    "ProbCover",
     "Random",
     "ScoreStrategy",
     "Selection",
@@ -40,6 +43,7 @@ __all__ = [
     "Strategy",
     "SuggestiveAnnotation",
     "TwoStage",
+    "TypiClust",
     "VariationRatios",
     "WeightedMix",
 ]
