@@ -13,9 +13,9 @@ import lightning_al as al
 from lightning_al.estimators.fixed_features import FrozenEncoder, PrecomputedEmbeddings
 from lightning_al.functional import clustering as clustering_module
 from lightning_al.functional import coverage as coverage_module
-from lightning_al.functional import typicality as typicality_module
+from lightning_al.functional import typical_clusters as typicality_module
 from lightning_al.functional.coverage import ball_purity, nearest_other_cluster_distance, probcover_greedy, purity_delta
-from lightning_al.functional.typicality import typicality, typiclust, typiclust_from_clusters
+from lightning_al.functional.typical_clusters import typicality, typiclust, typiclust_from_clusters
 from lightning_al.outputs import EMBEDDINGS, PROBS, PoolOutputs
 from lightning_al.strategies import Entropy, Random
 from lightning_al.strategies.cold_start import BudgetAware, ProbCover, TypiClust

@@ -28,7 +28,7 @@ from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
 from lightning_al.functional.mal import cosine_logits, mal_score
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
 from lightning_al.functional.selection import topk_select
-from lightning_al.functional.typicality import typicality, typiclust, typiclust_from_clusters
+from lightning_al.functional.typical_clusters import typicality, typiclust, typiclust_from_clusters
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
 __all__ = [

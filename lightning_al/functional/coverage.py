@@ -33,7 +33,7 @@ from torch import Tensor
 from lightning_al.functional._checks import _describe, as_count, check_embeddings, check_generator
 from lightning_al.functional.clustering import _squared_distances
 from lightning_al.functional.diversity import _check_mask
-from lightning_al.functional.typicality import _check_assignment
+from lightning_al.functional.typical_clusters import _check_assignment
 
 # Float64 entries of one (rows x points) block of squared distances (8 MiB). Tests shrink it.
 _CHUNK_ELEMENTS = 2**20

@@ -25,7 +25,7 @@ from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator, Softmax, TrainFn
 from lightning_al.functional.clustering import weighted_kmeans
 from lightning_al.functional.coverage import probcover_greedy, purity_delta
-from lightning_al.functional.typicality import typiclust
+from lightning_al.functional.typical_clusters import typiclust
 from lightning_al.outputs import EMBEDDINGS, PROBS, PoolOutputs
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
 
