@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-bayesian demo-diversity demo-dynamics bench test lint clean
+.PHONY: install demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ bench: install
 	$(BIN)/python -m benchmarks.mc_dropout
 	$(BIN)/python -m benchmarks.diversity
 	$(BIN)/python -m benchmarks.callback_overhead
+
+curves: install
+	$(BIN)/python -m benchmarks.learning_curves
 
 test: install
 	$(BIN)/python -m pytest -q
