@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
@@ -29,8 +30,8 @@ from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, Qu
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.run_state import FORMAT as RUN_STATE_FORMAT
 from lightning_al.run_state import STATE_FILE, check_fingerprint, load_state, save_atomic
-from lightning_al.scoring import TARGETS, predict_outputs
-from lightning_al.strategies.base import Selection, Strategy
+from lightning_al.scoring import TARGETS, predict_outputs, stream_top_k
+from lightning_al.strategies.base import Selection, Strategy, check_query_size
 
 if TYPE_CHECKING:
     from lightning_al.round_logging import RoundLogger
@@ -92,6 +93,19 @@ class ActiveLearningLoop:
         output_dir: the run directory: ``history.json`` after every round and the resumable ``state.pt``
             after every labelling step (see :meth:`run`).
         progress: print one line per round (round, labelled count, test accuracy) on rank zero.
+        pool_subset: score only a random subset of this many unlabelled samples each round (drawn from
+            the loop's seeded generator, so a resumed run draws the same), as Gal et al. 2017 do on
+            large pools; None scores the whole pool. Must be at least ``query_size``.
+
+    Scoring. A strategy that scores samples independently (``strategy.streamable``) is scored batch by
+    batch with a running top ``k``: the host keeps ``O(query_size)`` values, never the pool's
+    ``(N, T, C)`` MC samples. Other strategies receive the pool's outputs in full.
+
+    Multi-process strategies (e.g. ``trainer_kwargs=dict(strategy="ddp", devices=2)``): every rank
+    runs the loop and scores its own disjoint share of the pool. Streamable strategies merge the ranks'
+    top-``k`` lists (rank-parallel end to end); the others gather the outputs by dataset id on rank 0,
+    select there, and broadcast the query (with the loop's generator state and the estimator state, so
+    the ranks stay identical). Only rank 0 asks the oracle (the labels are broadcast) and writes files.
 
     A Lightning ``Logger`` (or a list) in ``trainer_kwargs["logger"]`` receives the whole experiment as one
     run: every round's training metrics (steps continue across rounds) and, per round, the ``al/*``
@@ -112,12 +126,18 @@ class ActiveLearningLoop:
         seed: int = 0,
         output_dir: str | None = None,
         progress: bool = True,
+        pool_subset: int | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
         check_int("query_size", query_size, 1)
         check_int("rounds", rounds, 0, optional=True)
         check_int("budget", budget, 1, optional=True)
+        check_int("pool_subset", pool_subset, 1, optional=True)
+        if pool_subset is not None and pool_subset < query_size:
+            raise ValueError(
+                f"Expected `pool_subset` to be at least `query_size` ({query_size}), but got {pool_subset}."
+            )
         if oracle is not None and not isinstance(oracle, Oracle | QueryOracle):
             raise TypeError(
                 f"Expected `oracle` to have a `label(ids)` or `answer(query)` method, but got {type(oracle).__name__}."
@@ -140,6 +160,7 @@ class ActiveLearningLoop:
         self.history: list[dict[str, Any]] = []
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
+        self.pool_subset = pool_subset
         self.finished = False
         self.pending_query: Query | None = None
         self._initial_state: dict[str, Any] | None = None
@@ -180,9 +201,14 @@ class ActiveLearningLoop:
         return train
 
     def _eval_trainer(self) -> pl.Trainer:
+        """A one-device Trainer for scoring and testing; under several processes, on this rank's own device."""
         hardware = {k: self.trainer_kwargs[k] for k in _HARDWARE_KEYS if k in self.trainer_kwargs}
+        devices: int | list[int] = 1
+        on_gpu = hardware.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_initialized()
+        if distributed.rank_and_world()[1] > 1 and on_gpu:
+            devices = [torch.cuda.current_device()]  # set by the multi-process strategy to this rank's GPU
         with _quiet_trainer_setup():
-            return pl.Trainer(devices=1, **hardware, **_FIT_DEFAULTS)
+            return pl.Trainer(devices=devices, **hardware, **_FIT_DEFAULTS)
 
     def _fit(self, model: pl.LightningModule, dm: ActiveDataModule, row: dict[str, Any]) -> pl.Trainer:
         start = time.perf_counter()
@@ -217,31 +243,48 @@ class ActiveLearningLoop:
                 row.update(scalar_metrics(metrics))
         row["test_seconds"] = time.perf_counter() - start
 
-    def _score(self, model: pl.LightningModule, dm: ActiveDataModule, row: dict[str, Any]) -> PoolOutputs:
-        start = time.perf_counter()
-        needs = frozenset(self.strategy.requires)
-        if needs:
-            outputs = predict_outputs(
-                self._eval_trainer(), model, dm.pool_dataloader(), self.estimator, needs, dm.inputs
-            )
-        else:
-            outputs = PoolOutputs(ids=dm.unlabelled_ids)
-        labelled_needs = frozenset(self.strategy.requires_labelled)
-        if labelled_needs and dm.num_labelled:
-            outputs.labelled = predict_outputs(
-                self._eval_trainer(),
-                model,
-                dm.pool_dataloader(dm.labelled_ids),
-                self.estimator,
-                labelled_needs,
-                dm.inputs,
-            )
-        row["score_seconds"] = time.perf_counter() - start
-        return outputs
+    def _candidates(self, dm: ActiveDataModule) -> Tensor:
+        """The unlabelled ids scored this round (ascending): all of them, or a random ``pool_subset``."""
+        ids = dm.unlabelled_ids
+        if self.pool_subset is None or ids.numel() <= self.pool_subset:
+            return ids
+        picked = torch.randperm(ids.numel(), generator=self.generator)[: self.pool_subset]
+        return ids[picked.sort().values]
 
-    def _select(self, outputs: PoolOutputs, dm: ActiveDataModule, k: int, row: dict[str, Any]) -> Selection:
+    def _score_and_select(
+        self, model: pl.LightningModule, dm: ActiveDataModule, k: int, row: dict[str, Any]
+    ) -> tuple[PoolOutputs | None, Selection]:
+        """Score this rank's share of the candidates, then agree on one selection across ranks.
+
+        Returns the pool outputs (None on ranks other than 0 for strategies that need the whole pool)
+        and the selection, identical on every rank.
+        """
         start = time.perf_counter()
-        selection = self.strategy.select(outputs, k, generator=self.generator)
+        candidates = self._candidates(dm)
+        k = check_query_size(k, candidates.numel())
+        needs = frozenset(self.strategy.requires)
+        if self.strategy.streamable:
+            loader = dm.pool_dataloader(distributed.shard(candidates))
+            scorer = self.strategy.batch_scores  # type: ignore[attr-defined]
+            top_k = stream_top_k(self._eval_trainer(), model, loader, self.estimator, needs, dm.inputs, scorer, k)
+            row["score_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            ids, scores = distributed.merge_top_k(*top_k.result(), k)
+            outputs: PoolOutputs | None = PoolOutputs(ids=candidates)
+            selection = Selection(ids=ids, scores=scores)
+        else:
+            outputs = self._gathered_outputs(model, dm, candidates, needs)
+            labelled_needs = frozenset(self.strategy.requires_labelled)
+            if labelled_needs and dm.num_labelled:
+                labelled = self._gathered_outputs(model, dm, dm.labelled_ids, labelled_needs)
+                if outputs is not None:
+                    outputs.labelled = labelled
+            row["score_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            selection = None
+            if outputs is not None:
+                selection = self.strategy.select(outputs, k, generator=self.generator)
+        selection = self._agree(selection)
         ids = dm.pool.check_unlabelled(selection.ids, name="selection.ids")
         if ids.numel() != k:
             raise RuntimeError(f"Expected {self.strategy!r} to select {k} ids, but it selected {ids.numel()}.")
@@ -249,7 +292,27 @@ class ActiveLearningLoop:
         row["selected_ids"] = ids.tolist()
         if selection.scores is not None:
             row["selected_scores"] = selection.scores.double().tolist()
-        return dataclasses.replace(selection, ids=ids)
+        return outputs, dataclasses.replace(selection, ids=ids)
+
+    def _gathered_outputs(
+        self, model: pl.LightningModule, dm: ActiveDataModule, ids: Tensor, needs: frozenset[str]
+    ) -> PoolOutputs | None:
+        """Outputs ``needs`` of ``ids``, each rank predicting its share, merged by id on rank 0 (None elsewhere)."""
+        mine = distributed.shard(ids)
+        if not needs:
+            return PoolOutputs(ids=ids) if distributed.is_rank_zero() else None
+        local = predict_outputs(self._eval_trainer(), model, dm.pool_dataloader(mine), self.estimator, needs, dm.inputs)
+        return distributed.gather_by_id(local)
+
+    def _agree(self, selection: Selection | None) -> Selection:
+        """Rank 0's selection, loop generator and estimator state on every rank (a no-op on one process)."""
+        if distributed.rank_and_world()[1] == 1 and selection is not None:
+            return selection
+        shared = (selection, self.generator.get_state(), self.estimator.state_dict())
+        selection, generator_state, estimator_state = distributed.broadcast_from_rank_zero(shared)
+        self.generator.set_state(generator_state)
+        self.estimator.load_state_dict(estimator_state)
+        return selection
 
     def _pseudo_label(self, dm: ActiveDataModule, selection: Selection, row: dict[str, Any]) -> None:
         """Hand the selection's pseudo-labels (minus any id the oracle just labelled) to the next fit."""
@@ -316,10 +379,11 @@ class ActiveLearningLoop:
                     self._test(model, dm, trainer, row)
                 k = self._next_query_size(dm)
                 if k:
-                    outputs = self._score(model, dm, row)
-                    selection = self._select(outputs, dm, k, row)
+                    outputs, selection = self._score_and_select(model, dm, k, row)
                     shown = isinstance(oracle, QueryOracle) or self._round_logger is not None
-                    predicted = self._predicted(model, dm, outputs, selection) if shown else None
+                    predicted = None
+                    if shown and outputs is not None and distributed.is_rank_zero():
+                        predicted = self._predicted(model, dm, outputs, selection)
                     query = Query(self.round, selection.ids, selection.scores, predicted)
                     pending = (row, query, selection)
             labels = None
@@ -407,11 +471,23 @@ class ActiveLearningLoop:
 
     @staticmethod
     def _ask(oracle: Oracle | QueryOracle, query: Query) -> Tensor:
-        return oracle.answer(query) if isinstance(oracle, QueryOracle) else oracle.label(query.ids)
+        """The oracle's labels; under several processes only rank 0 asks and broadcasts the answer."""
+        if distributed.rank_and_world()[1] == 1:
+            return oracle.answer(query) if isinstance(oracle, QueryOracle) else oracle.label(query.ids)
+        labels, pending = None, None
+        if distributed.is_rank_zero():
+            try:
+                labels = oracle.answer(query) if isinstance(oracle, QueryOracle) else oracle.label(query.ids)
+            except LabelsPending as waiting:
+                pending = str(waiting)
+        labels, pending = distributed.broadcast_from_rank_zero((labels, pending))
+        if pending is not None:
+            raise LabelsPending(pending)
+        return labels
 
     def _report(self, row: dict[str, Any], query: Query | None, labels: Tensor | None, dm: ActiveDataModule) -> None:
         """history.json, the experiment logger and the progress line, after a round."""
-        if self.output_dir is not None:
+        if self.output_dir is not None and distributed.is_rank_zero():
             write_json_atomic(self.output_dir / "history.json", self.history)
         if self._round_logger is not None:
             inputs = dm.pool_inputs(query.ids) if query is not None else None
@@ -440,7 +516,7 @@ class ActiveLearningLoop:
         dm: ActiveDataModule,
         pending: tuple[dict[str, Any], Query, Selection] | None,
     ) -> None:
-        if self.output_dir is None:
+        if self.output_dir is None or not distributed.is_rank_zero():
             return
         waiting = None
         if pending is not None:

@@ -148,9 +148,7 @@ def test_a_foreign_pickle_is_not_unpickled(tmp_path):
 
 def test_the_progress_line_reports_each_round(tiny_data, capsys):
     dm = make_dm()
-    al.ActiveLearningLoop(strategy=Random(), query_size=5, rounds=1, trainer_kwargs=FAST_TRAINER).run(
-        fresh_model(), dm
-    )
+    al.ActiveLearningLoop(strategy=Random(), query_size=5, rounds=1, trainer_kwargs=FAST_TRAINER).run(fresh_model(), dm)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[lightning_al]")]
     assert len(lines) == 2
     assert lines[0].startswith("[lightning_al] round 1/2 · 10 labelled · test_accuracy 0.")

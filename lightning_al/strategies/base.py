@@ -49,6 +49,8 @@ class Strategy:
     requires: frozenset[str] = frozenset()
     requires_labelled: frozenset[str] = frozenset()
     estimator: Estimator | None = None
+    # True when the loop may score the pool batch by batch and keep only a running top k (see ScoreStrategy).
+    streamable: bool = False
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         raise NotImplementedError
@@ -68,11 +70,34 @@ class Strategy:
 
 
 class ScoreStrategy(Strategy):
-    """A strategy that scores every sample independently and takes the top ``k``."""
+    """A strategy that scores every sample and takes the top ``k`` (ties → lower dataset id).
+
+    Set ``per_sample = False`` in a subclass whose score of a sample depends on the other samples
+    (rank normalisation, neighbours, a pool statistic). Otherwise the strategy is
+    :attr:`streamable` whenever it needs model outputs of the pool only: the loop then calls
+    :meth:`batch_scores` on each predicted batch and keeps a running top ``k`` (``O(k)`` host
+    memory; the ``(N, T, C)`` tensor of MC samples is never built), with the same query as
+    :meth:`select` on the whole pool.
+    """
+
+    per_sample: bool = True
+
+    @property
+    def streamable(self) -> bool:  # type: ignore[override]
+        return (
+            self.per_sample
+            and bool(self.requires)
+            and not self.requires_labelled
+            and type(self).select is ScoreStrategy.select
+        )
 
     def score(self, outputs: PoolOutputs) -> Tensor:
         """Scores of shape ``(N,)`` aligned with ``outputs.ids``; higher = query first."""
         raise NotImplementedError
+
+    def batch_scores(self, outputs: PoolOutputs) -> Tensor:
+        """Scores ``(B,)`` of one batch of pool outputs (on the scoring device); :meth:`score` by default."""
+        return self.score(outputs)
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         check_query_size(k, len(outputs))

@@ -86,6 +86,8 @@ class WeightedMix(ScoreStrategy):
         estimator: computes what all need; by default the first of their estimators that can.
     """
 
+    per_sample = False  # ranks are taken over the whole pool, so the pool is scored at once
+
     def __init__(
         self,
         strategies: Sequence[ScoreStrategy],

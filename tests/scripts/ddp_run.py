@@ -1,0 +1,79 @@
+"""Active-learning runs under 2-process CPU DDP (gloo), compared by tests/test_ddp.py with one process.
+
+    python ddp_run.py OUTPUT_DIR DEVICES
+
+Lightning's ``ddp`` strategy starts this script again for rank 1. Every rank writes
+``OUTPUT_DIR/rank{r}.json``: per strategy, the ids selected in each round and their scores.
+
+Training cannot give bit-identical weights on two ranks and on one process (the batches are split
+differently and gradients are summed in another order), so the model is trained with a learning rate
+of 0: the fit, its gradient all-reduce and the per-round Trainers all run, the weights stay the
+initial ones, and the selections depend only on the sharded scoring, the gather by id, the selection
+on rank 0 and its broadcast, which must then agree with one process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import QUIET_TRAINER, TinyClassifier, blobs
+
+import lightning_al as al
+from lightning_al import distributed
+from lightning_al.strategies import BADGE, CoreSet, Entropy
+
+torch.set_num_threads(1)
+
+
+class FrozenClassifier(TinyClassifier):
+    """TinyClassifier trained with SGD at learning rate 0: every step runs, no weight changes."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def run_all(devices: int) -> dict[str, Any]:
+    """Two rounds with each strategy (``pool_subset`` for one of them); the selections per strategy."""
+    trainer_kwargs: dict[str, Any] = dict(max_epochs=1, accelerator="cpu", devices=devices, **QUIET_TRAINER)
+    if devices > 1:
+        trainer_kwargs["strategy"] = "ddp"
+    results: dict[str, Any] = {}
+    for name, strategy, pool_subset in (
+        ("entropy", Entropy(), None),
+        ("entropy_subset", Entropy(), 41),
+        ("badge", BADGE(), None),
+        ("coreset", CoreSet(), None),
+    ):
+        torch.manual_seed(0)
+        model = FrozenClassifier()
+        dm = al.ActiveDataModule(blobs(101), initial_labelled=10, batch_size=8, eval_batch_size=16, seed=0)
+        loop = al.ActiveLearningLoop(
+            strategy,
+            query_size=5,
+            rounds=2,
+            trainer_kwargs=trainer_kwargs,
+            seed=3,
+            progress=False,
+            pool_subset=pool_subset,
+        )
+        history = loop.run(model, dm)
+        results[name] = {
+            "selected_ids": [row["selected_ids"] for row in history if "selected_ids" in row],
+            "selected_scores": [row.get("selected_scores") for row in history if "selected_ids" in row],
+            "labelled_ids": dm.labelled_ids.tolist(),
+        }
+    results["world_size"] = distributed.rank_and_world()[1]
+    return results
+
+
+if __name__ == "__main__":
+    output_dir, devices = Path(sys.argv[1]), int(sys.argv[2])
+    results = run_all(devices)
+    rank = distributed.rank_and_world()[0]
+    (output_dir / f"rank{rank}.json").write_text(json.dumps(results))
