@@ -545,6 +545,12 @@ class ActiveLearningLoop:
         self, state: dict[str, Any], path: Path, model: pl.LightningModule, dm: ActiveDataModule
     ) -> tuple[dict[str, Any], Query, Selection] | None:
         check_fingerprint(path, state["fingerprint"], self._fingerprint(dm))
+        try:  # the model first: a model of another architecture is refused before anything is restored
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"Expected the model to match the one saved in `{path}`, but its weights do not load: {error}"
+            ) from error
         dm.load_state_dict(state["datamodule"])
         self.load_state_dict(state["loop"])
         pseudo_ids, pseudo_labels = state["pseudo"]
@@ -555,7 +561,6 @@ class ActiveLearningLoop:
                 cb.load_state_dict(state["callbacks"][key])
         self._initial_state = state["initial_model"]
         self._round_logger_state = state["round_logger"]
-        model.load_state_dict(state["model"])
         waiting = state["pending"]
         if waiting is None:
             return None

@@ -153,3 +153,11 @@ def test_the_progress_line_reports_each_round(tiny_data, capsys):
     assert len(lines) == 2
     assert lines[0].startswith("[lightning_al] round 1/2 · 10 labelled · test_accuracy 0.")
     assert lines[1].startswith("[lightning_al] round 2/2 · 15 labelled")
+
+
+def test_a_model_of_another_architecture_is_refused_before_anything_is_restored(tmp_path):
+    make_loop(tmp_path, strategy=Random()).run(fresh_model(), make_dm())
+    dm = make_dm()
+    with pytest.raises(ValueError, match=r"the model to match the one saved in `.*state.pt`, but its weights do not"):
+        make_loop(tmp_path, strategy=Random()).run(TinyClassifier(hidden=8), dm, resume=True)
+    assert dm.num_labelled == 10
