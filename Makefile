@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python -m benchmarks.mc_dropout
 	$(BIN)/python -m benchmarks.diversity
 	$(BIN)/python -m benchmarks.callback_overhead
+	$(BIN)/python -m benchmarks.scoring
 
 curves: install
 	$(BIN)/python -m benchmarks.learning_curves
