@@ -12,7 +12,7 @@ import torch
 from conftest import TinyClassifier
 from torch import nn
 
-from lightning_al.estimators.mc_dropout import MCDropout, dropout_layers
+from lightning_al.estimators.mc_dropout import KEEP_BITS, MCDropout, dropout_layers, keep_numerator, scaled_keep_mask
 
 
 class MLP(nn.Module):
@@ -332,3 +332,72 @@ def test_copies_keep_the_arguments_and_drop_runtime_caches():
         assert repr(clone) == repr(estimator)
         assert len(clone._full_tile_models) == 0 and not clone._masks
         assert torch.equal(clone.consistent_mask("drop", 0.5, (16,)), estimator.consistent_mask("drop", 0.5, (16,)))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3, 0.1, 0.9, 0.25])
+def test_bulk_bit_masks_keep_with_probability_one_minus_p_and_have_mean_one(p):
+    q = keep_numerator(p) / 2**KEEP_BITS
+    assert abs(q - (1 - p)) <= 2 ** -(KEEP_BITS + 1)
+    n = 400_000
+    scaled = scaled_keep_mask((n // 8, 8), p, torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
+    assert scaled.shape == (n // 8, 8) and scaled.dtype == torch.float64
+    values = set(scaled.unique().tolist())
+    assert values == {0.0, 1 / q}  # 0 or exactly 1 / q
+    kept = (scaled > 0).double()
+    # Bernoulli(q): the mean of n draws has standard error sqrt(q (1 - q) / n) <= 0.0008; allow 5 of them
+    assert abs(kept.mean().item() - q) < 5 * (q * (1 - q) / n) ** 0.5
+    assert abs(kept.var().item() - q * (1 - q)) < 0.004
+    assert abs(scaled.mean().item() - 1) < 5 * ((1 - q) / (q * n)) ** 0.5  # E[keep / q] = 1
+    # neighbouring elements (adjacent bits of one word, and the same bit of adjacent words) are uncorrelated
+    flat = kept.view(-1)
+    for lag in (1, 8, 64):
+        correlation = np.corrcoef(flat[:-lag].numpy(), flat[lag:].numpy())[0, 1]
+        assert abs(correlation) < 0.01, lag
+
+
+def test_bulk_bit_masks_follow_the_generator_seed_and_edge_probabilities():
+    cpu = torch.device("cpu")
+
+    def draw(seed: int, p: float = 0.3) -> torch.Tensor:
+        return scaled_keep_mask((7, 33), p, torch.Generator().manual_seed(seed), torch.float32, cpu)
+
+    assert torch.equal(draw(4), draw(4))  # same seed, same masks
+    assert not torch.equal(draw(4), draw(5))
+    assert torch.equal(draw(0, p=0.0), torch.ones(7, 33)) and torch.equal(draw(0, p=1.0), torch.zeros(7, 33))
+    assert keep_numerator(0.5) == 2**15 and keep_numerator(1e-9) == 2**KEEP_BITS and keep_numerator(1.0) == 0
+
+
+def test_first_dropout_input_is_tiled_and_masked_in_one_step_with_inverted_scale():
+    model, x = seeded(MLP(p=0.5)), torch.randn(4, 5)
+    seen = []
+    model.middle.register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
+    predict(MCDropout(mc_samples=6, seed=1), model, x)
+    with torch.no_grad():
+        hidden_R_F = torch.relu(model.prefix(x)).repeat(6, 1)  # row t * B + b
+    (out_R_F,) = seen
+    assert out_R_F.shape == (24, 16)
+    dropped, kept = out_R_F == 0, torch.isclose(out_R_F, 2 * hidden_R_F)
+    assert (dropped | kept).all() and 0.3 < dropped[hidden_R_F != 0].float().mean() < 0.7
+    assert not torch.equal(out_R_F[:4], out_R_F[4:8])  # passes draw different masks
+
+
+def test_reused_mask_memory_never_overwrites_a_tensor_the_model_kept():
+    class Keeping(MLP):
+        def forward(self, x):
+            h = self.drop1(torch.relu(self.prefix(x)))
+            self.kept.append(h[:, :3])  # a view of the masked activation
+            return self.head(self.drop2(torch.relu(self.middle(h))))
+
+    model, x = seeded(Keeping()), torch.randn(4, 5)
+    model.kept = []
+    estimator = MCDropout(mc_samples=6, seed=2)
+    predict(estimator, model, x)
+    snapshot = model.kept[0].clone()
+    predict(estimator, model, x)
+    assert torch.equal(model.kept[0], snapshot)  # the second call wrote elsewhere
+    assert not torch.equal(model.kept[1], snapshot)  # and drew new masks
+    model.kept.clear()  # nothing holds the memory any more: a third call may reuse it, with the same results
+    resumed = MCDropout(mc_samples=6, seed=2)
+    resumed.load_state_dict({"calls": 2})
+    third = predict(estimator, model, x)["mc_probs"]
+    torch.testing.assert_close(third, predict(resumed, model, x)["mc_probs"])

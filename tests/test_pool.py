@@ -13,7 +13,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids, dataset_targets
-from lightning_al.data.batches import IndexedDict, IndexedTuple
+from lightning_al.data.batches import IdDataset, IndexedDict, IndexedTuple, collate_with_ids
 from lightning_al.data.samplers import RepeatedShuffleSampler
 
 N, C, D = 60, 3, 4
@@ -609,3 +609,68 @@ def test_from_datamodule_takes_the_datasets_and_loader_settings():
     assert ActiveDataModule.from_datamodule(plain, batch_size=3, val_set=val).batch_size == 3
     with pytest.raises(TypeError, match="`datamodule` to be a LightningDataModule, but got TensorDataset"):
         ActiveDataModule.from_datamodule(train)
+
+
+class ItemsDataset(Dataset):
+    """Counts its batched fetches; items are ``(x, y)`` like the TensorDataset it wraps."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base, self.batched_calls = base, []
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.base[i]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        self.batched_calls.append(list(indices))
+        return [self.base[i] for i in indices]
+
+
+class ScaledTensorDataset(TensorDataset):
+    """A TensorDataset subclass whose own ``__getitem__`` must not be bypassed by the batched fetch."""
+
+    def __getitem__(self, i: int) -> tuple:
+        x, y = super().__getitem__(i)
+        return 10 * x, y
+
+
+def reference_batches(dataset: Dataset, ids: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """Item by item through ``dataset[i]`` and ``torch.stack``: what the pool loader must yield."""
+    out = []
+    for chunk in ids.split(batch_size):
+        items = [dataset[int(i)] for i in chunk]
+        out.append(tuple(torch.stack([torch.as_tensor(item[k]) for item in items]) for k in range(2)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tensor", "subclass", "items"])
+def test_batched_pool_fetch_equals_item_by_item_collate(kind):
+    base = make_dataset()
+    dataset = {"tensor": base, "subclass": ScaledTensorDataset(*base.tensors), "items": ItemsDataset(base)}[kind]
+    dm = ActiveDataModule(dataset, initial_labelled=10, eval_batch_size=16)
+    ids = dm.unlabelled_ids[torch.randperm(50, generator=torch.Generator().manual_seed(1))]
+    batches = list(dm.pool_dataloader(ids))
+    expected = reference_batches(dataset, ids, 16)
+    assert len(batches) == len(expected) == 4
+    for batch, (x, y) in zip(batches, expected, strict=True):
+        assert isinstance(batch, IndexedTuple) and len(batch) == 2
+        assert torch.equal(batch[0], x) and torch.equal(batch[1], y)
+        assert batch[0].dtype == x.dtype and batch[1].dtype == y.dtype
+    assert torch.equal(torch.cat([b.ids for b in batches]), ids)
+    if kind == "subclass":
+        assert (batches[0][0] == 10 * base.tensors[0][batches[0].ids]).all()
+    if kind == "items":  # one call per batch with the batch's dataset ids
+        assert dataset.batched_calls == [chunk.tolist() for chunk in ids.split(16)]
+
+
+def test_batched_fetch_reads_as_id_pairs():
+    base = make_dataset()
+    view = IdDataset(base, torch.tensor([7, 3, 40]))
+    fetched = view.__getitems__([2, 0])
+    assert len(fetched) == 2
+    (x, y), index = fetched[0]
+    assert index == 40 and torch.equal(x, base.tensors[0][40]) and int(y) == 40 % C
+    batch = collate_with_ids(fetched)
+    assert batch.ids.tolist() == [40, 7] and torch.equal(batch[0], base.tensors[0][[40, 7]])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, TensorDataset, default_collate
 
 
 class IndexedTuple(tuple):
@@ -61,11 +61,18 @@ def batch_ids(batch: Any) -> Tensor:
 
 
 class IdDataset(Dataset):
-    """A view of ``dataset`` restricted to ``ids`` whose items are ``(item, dataset_id)``."""
+    """A view of ``dataset`` restricted to ``ids`` whose items are ``(item, dataset_id)``.
+
+    The dataloader fetches a batch of positions at once through :meth:`__getitems__`: from a plain
+    :class:`~torch.utils.data.TensorDataset` it indexes every tensor with the batch's ids in one
+    gather (the collated batch, without building ``B`` items); from a dataset with its own
+    ``__getitems__`` it asks for all ids in one call.
+    """
 
     def __init__(self, dataset: Dataset, ids: Tensor) -> None:
         self.dataset = dataset
-        self.ids = ids.tolist()
+        self.id_tensor = torch.as_tensor(ids, dtype=torch.long)
+        self.ids = self.id_tensor.tolist()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,8 +81,34 @@ class IdDataset(Dataset):
         index = self.ids[position]
         return self.dataset[index], index
 
+    def __getitems__(self, positions: list[int]) -> Sequence[tuple[Any, int]]:
+        ids = [self.ids[position] for position in positions]
+        if type(self.dataset).__getitem__ is TensorDataset.__getitem__:
+            ids_B = torch.tensor(ids, dtype=torch.long)
+            columns = tuple(tensor[ids_B] for tensor in self.dataset.tensors)  # type: ignore[attr-defined]
+            return CollatedItems(columns, ids_B)
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(ids) if fetch is not None else [self.dataset[index] for index in ids]
+        return list(zip(items, ids, strict=True))
 
-def collate_with_ids(items: list[tuple[Any, int]]) -> IndexedTuple | IndexedDict:
+
+class CollatedItems(Sequence):
+    """A batch fetched already collated (``columns``: one tensor ``(B, ...)`` per field) that reads as ``(item, id)``
+    pairs, so code expecting a list of items still works; :func:`collate_with_ids` uses the columns as they are."""
+
+    def __init__(self, columns: tuple[Tensor, ...], ids: Tensor) -> None:
+        self.columns, self.ids = columns, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: int) -> tuple[tuple[Tensor, ...], int]:  # type: ignore[override]
+        return tuple(column[position] for column in self.columns), int(self.ids[position])
+
+
+def collate_with_ids(items: Sequence[tuple[Any, int]]) -> IndexedTuple | IndexedDict:
     """Collate ``(item, id)`` pairs into the user's batch plus ``.ids``."""
+    if isinstance(items, CollatedItems):
+        return with_ids(list(items.columns), items.ids)
     samples, ids = zip(*items, strict=True)
     return with_ids(default_collate(list(samples)), torch.tensor(ids, dtype=torch.long))

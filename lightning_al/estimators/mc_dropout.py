@@ -17,17 +17,23 @@ Two ways to run the ``T`` passes on a batch of ``B``, both on an unmodified mode
   issued once per model, which takes this path from then on.
 
 Memory: when ``T * B`` exceeds ``max_rows`` the passes run in groups of ``max(1, max_rows // B)``,
-one forward per group (the prefix then runs once per group, still far fewer forwards than ``T``).
+one forward per group; the prefix then runs once per group, so the default (32768) keeps ``T = 20``
+passes over batches of 1024 in one forward.
 
-Masks. The dropout layers are put in eval mode and a forward hook multiplies each layer's
-input by ``keep / (1 - p)`` with ``keep ~ Bernoulli(1 - p)`` (inverted dropout, the
-distribution ``nn.Dropout`` samples): elementwise for ``nn.Dropout``, whole channels (axis 1)
-for ``nn.Dropout1d/2d/3d``. The masks come from the estimator's own generator, seeded by
-``(seed, call number)``, so scoring is reproducible; drawing them as ``uniform >= p`` is also
-several times cheaper on CPU than ``nn.Dropout``'s Bernoulli sampler. Alpha dropout layers keep
-their own sampling. With ``consistent_masks=True`` (consistent MC dropout, Kirsch et al. 2019)
-the ``T`` masks of each layer are drawn once from ``seed`` per layer and feature shape and reused
-for every batch, so pass ``t`` of every pool sample runs the same sub-network.
+Masks. The dropout layers are put in eval mode and hooks multiply each layer's input by
+``keep / q`` with ``keep ~ Bernoulli(q)`` (inverted dropout, the distribution ``nn.Dropout``
+samples): elementwise for ``nn.Dropout``, whole channels (axis 1) for ``nn.Dropout1d/2d/3d``.
+Independent masks come from random bits drawn in bulk (:func:`scaled_keep_mask`): ``q`` is
+``1 - p`` rounded to a multiple of ``2**-16`` (exact for p = 0.5, 0.25, ...; within ``2**-17``
+otherwise) and the scale ``1 / q`` uses that ``q``, so every unit keeps its mean exactly; p = 0.5
+costs one random bit per element. The first dropout layer's input is tiled and masked in one
+pass, written into memory kept from the previous call (one buffer of ``T * B * features`` per
+layer, held by the estimator) when no other tensor still uses it: a fresh allocation of that size
+costs more than the masking itself on CPU. The masks come from the estimator's own generator,
+seeded by ``(seed, call number)``, so scoring is reproducible. Alpha dropout layers keep their own sampling. With
+``consistent_masks=True`` (consistent MC dropout, Kirsch et al. 2019) the ``T`` masks of each
+layer (``uniform >= p``, so ``q = 1 - p``) are drawn once from ``seed`` per layer and feature
+shape and reused for every batch, so pass ``t`` of every pool sample runs the same sub-network.
 
 References: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation: Representing Model
 Uncertainty in Deep Learning"; Gal, Islam & Ghahramani 2017, "Deep Bayesian Active Learning
@@ -37,6 +43,8 @@ Acquisition for Deep Bayesian Active Learning".
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 import weakref
 import zlib
@@ -56,6 +64,7 @@ _ALPHA_DROPOUT_TYPES = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _MASK_CACHE_SIZE = 32  # consistent-mask entries kept; variable feature shapes evict the oldest
 _MASK64 = (1 << 64) - 1
+KEEP_BITS = 16  # resolution of the sampled keep probability: multiples of 2**-16
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -118,14 +127,75 @@ def _inverted_scale(p: float) -> float:
     return 0.0 if p >= 1 else 1.0 / (1.0 - p)
 
 
+def keep_numerator(p: float) -> int:
+    """``round((1 - p) * 2**KEEP_BITS)``: the sampled keep probability is this over ``2**KEEP_BITS``."""
+    return min(max(round((1.0 - p) * (1 << KEEP_BITS)), 0), 1 << KEEP_BITS)
+
+
+def scaled_keep_mask(
+    shape: tuple[int, ...],
+    p: float,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    workspace: Tensor | None = None,
+) -> Tensor:
+    """``keep / q`` of shape ``shape`` with i.i.d. ``keep ~ Bernoulli(q)``, ``q = keep_numerator(p) / 2**16``.
+
+    ``q`` is ``1 - p`` to within ``2**-17`` (exactly for p = 0.5, 0.25, ...), and the scale ``1 / q`` uses the
+    sampled ``q``, so ``E[keep / q] = 1`` exactly. Random 64-bit words are combined bitwise from the lowest
+    set bit ``b_i`` of ``q = sum_i b_i 2**(i - 16)`` upwards: ``bits <- r | bits`` where ``b_i = 1``, else
+    ``r & bits``, which makes every bit 1 with probability ``q`` (one word per 64 elements per binary digit of
+    ``q``: a single word for p = 0.5). The bits are then read out 8 at a time from a ``(256, 8)`` table,
+    into ``workspace`` (a flat tensor of ``64 * ceil(numel / 64)`` elements of ``dtype``) when given.
+    """
+    numerator, numel = keep_numerator(p), math.prod(shape)
+    if numerator in (0, 1 << KEEP_BITS):
+        return torch.full(shape, float(numerator > 0), dtype=dtype, device=device)
+    words = -(-numel // 64)
+    bits_W = None
+    lowest = (numerator & -numerator).bit_length() - 1
+    for digit in range(lowest, KEEP_BITS):
+        random_W = torch.empty(words, dtype=torch.int64, device=device).random_(-(1 << 63), None, generator=generator)
+        if bits_W is None:
+            bits_W = random_W
+        elif (numerator >> digit) & 1:
+            bits_W = random_W.bitwise_or_(bits_W)
+        else:
+            bits_W = random_W.bitwise_and_(bits_W)
+    table_256_8 = _scaled_bit_table(numerator, dtype, device)
+    indices = bits_W.view(torch.uint8).int()
+    if workspace is None:
+        scaled = table_256_8.index_select(0, indices)  # (8 * words, 8)
+    else:
+        scaled = torch.index_select(table_256_8, 0, indices, out=workspace.view(8 * words, 8))
+    return scaled.view(-1)[:numel].view(shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _scaled_bit_table(numerator: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``table[v, j] = bit j of v, times 2**KEEP_BITS / numerator``: shape ``(256, 8)``."""
+    bits_256_8 = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    return (bits_256_8.double() * ((1 << KEEP_BITS) / numerator)).to(device=device, dtype=dtype)
+
+
+def _only_holder(tensor: Tensor) -> bool:
+    """Whether no tensor but ``tensor`` itself uses its memory (so it can be overwritten); False if unknown."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    storage = tensor.untyped_storage()  # holds one more reference while it lives
+    return use_count(storage._cdata) <= 2
+
+
 class _PassHooks:
     """Hooks for one forward that runs MC passes ``start, ..., start + count - 1`` on every row.
 
     ``before`` (a pre-hook on every dropout layer) tiles the first dropout input ``count`` times
-    when ``tile_first`` and checks that later dropout inputs have ``count * k`` rows. ``after``
-    (a forward hook on the non-alpha dropout layers, which are in eval mode so their output is
-    their input) multiplies the input by ``keep / (1 - p)``: stored masks viewed as
-    ``(count, 1, *features)`` against rows ``(count, rows / count, ...)`` when masks are
+    when ``tile_first`` (masking it in the same pass, t-major) and checks that later dropout inputs
+    have ``count * k`` rows. ``after`` (a forward hook on the non-alpha dropout layers, which are in
+    eval mode so their output is their input) multiplies the input by ``keep / q``: stored masks
+    viewed as ``(count, 1, *features)`` against rows ``(count, rows / count, ...)`` when masks are
     consistent, else fresh masks ``(rows, *features)`` from ``generator_seed``.
     """
 
@@ -143,12 +213,16 @@ class _PassHooks:
         self.generator_seed = generator_seed
         self.generators: dict[torch.device, torch.Generator] = {}
         self.calls = 0
+        self.premasked: Tensor | None = None  # the tiled, already masked input of the first dropout layer
 
     def before(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         self.calls += 1
         x = args[0]
         if self.tile_first and self.calls == 1:
-            return (x.repeat(self.count, *([1] * (x.ndim - 1))), *args[1:])
+            if isinstance(module, _ALPHA_DROPOUT_TYPES):  # samples by itself
+                return (x.repeat(self.count, *([1] * (x.ndim - 1))), *args[1:])
+            self.premasked = self._masked(module, x, tiled=True)
+            return (self.premasked, *args[1:])
         if (self.tile_first or self.estimator.consistent_masks) and (x.ndim == 0 or x.shape[0] % self.count):
             problem = (
                 f"dropout layer {self.names[module]!r} received {tuple(x.shape)}, whose first axis is not a "
@@ -159,26 +233,36 @@ class _PassHooks:
             raise ValueError(f"Expected t-major rows at every dropout layer for consistent masks, but {problem}.")
         return None
 
-    def after(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-        x = args[0]
-        features = _mask_features(module, x)
+    def after(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        if self.premasked is not None and args[0] is self.premasked:
+            self.premasked = None
+            return None
+        return self._masked(module, args[0], tiled=False)
+
+    def _masked(self, module: nn.Module, x: Tensor, tiled: bool) -> Tensor:
+        """``x * keep / q``; with ``tiled`` ``x`` has ``B`` rows and the result ``count * B`` (row ``t * B + b``)."""
+        rows, features = x.shape[0] * (self.count if tiled else 1), _mask_features(module, x)
+        numel = rows * math.prod(x.shape[1:])
         if self.estimator.consistent_masks:
             scaled_T_F = self.estimator._scaled_masks(self.names[module], module.p, features, x)
             scaled_G_1_F = scaled_T_F[self.start : self.start + self.count].unsqueeze(1)
-            return (x.reshape(self.count, -1, *x.shape[1:]) * scaled_G_1_F).reshape(x.shape)
+            x_G_R_F = x.unsqueeze(0) if tiled else x.reshape(self.count, -1, *x.shape[1:])
+            if x.requires_grad or scaled_G_1_F.dtype != x.dtype:
+                return (x_G_R_F * scaled_G_1_F).reshape(rows, *x.shape[1:])
+            out = self.estimator._workspace(self.names[module], numel, x.dtype, x.device)[:numel]
+            return torch.mul(x_G_R_F, scaled_G_1_F, out=out.view(self.count, -1, *x.shape[1:])).view(rows, *x.shape[1:])
         if x.device not in self.generators:
             self.generators[x.device] = torch.Generator(device=x.device).manual_seed(self.generator_seed)
-        exact = x.dtype in (torch.float32, torch.float64)  # low-precision uniforms would round p
-        uniform_R_F = torch.rand(
-            (x.shape[0], *features),
-            generator=self.generators[x.device],
-            device=x.device,
-            dtype=x.dtype if exact else torch.float32,
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        in_place = dtype == x.dtype and features == tuple(x.shape[1:]) and not x.requires_grad
+        workspace = self.estimator._workspace(self.names[module], numel, dtype, x.device) if in_place else None
+        scaled_R_F = scaled_keep_mask(
+            (rows, *features), module.p, self.generators[x.device], dtype, x.device, workspace
         )
-        scaled_R_F = uniform_R_F.ge_(module.p).mul_(_inverted_scale(module.p))  # in place: 0 or 1 / (1 - p)
-        if exact and scaled_R_F.shape == x.shape and not x.requires_grad:
-            return scaled_R_F.mul_(x)
-        return x * scaled_R_F.to(x.dtype)
+        scaled = scaled_R_F.view(self.count, -1, *features) if tiled else scaled_R_F  # tiled: x broadcasts over t
+        if in_place:
+            return scaled.mul_(x).view(rows, *x.shape[1:])  # one pass over the masks, in reused memory
+        return (x * scaled).reshape(rows, *x.shape[1:])
 
 
 class MCDropout(Estimator):
@@ -199,7 +283,7 @@ class MCDropout(Estimator):
         cache_prefix: compute the part before the first dropout once per batch; False always tiles
             the whole input (one forward on ``T * B`` rows).
         max_rows: most rows one forward may process (``T * B`` is split into groups of passes above
-            it); None for no limit.
+            it, each group recomputing the prefix); None for no limit.
 
     Reference: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"; Gal, Islam & Ghahramani
     2017, "Deep Bayesian Active Learning with Image Data"; Kirsch et al. 2019, "BatchBALD".
@@ -213,7 +297,7 @@ class MCDropout(Estimator):
         consistent_masks: bool = False,
         seed: int = 0,
         cache_prefix: bool = True,
-        max_rows: int | None = 8192,
+        max_rows: int | None = 32768,
     ) -> None:
         check_int("mc_samples", mc_samples, 1)
         for name, value in (("consistent_masks", consistent_masks), ("cache_prefix", cache_prefix)):
@@ -243,9 +327,10 @@ class MCDropout(Estimator):
         # Caches only (not pickled): which models need the full tile, and the consistent masks.
         self._full_tile_models: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._masks: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
+        self._buffers: dict[str, Tensor] = {}  # reused memory for the masked dropout outputs, per layer
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_full_tile_models", "_masks")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_full_tile_models", "_masks", "_buffers")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -280,6 +365,19 @@ class MCDropout(Estimator):
             self._remember(key, mask.to(device=like.device, dtype=like.dtype))
         self._masks.move_to_end(key)
         return self._masks[key]
+
+    def _workspace(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Memory for the masked output of dropout layer ``name``, kept across calls while nothing else uses it.
+
+        Writing into pages already mapped avoids the cost of fresh large allocations (page faults on
+        every call); a tensor still used elsewhere (e.g. an activation the model kept) is never reused.
+        """
+        size = 64 * -(-numel // 64)
+        buffer = self._buffers.get(name)
+        fits = buffer is not None and buffer.numel() >= size and buffer.dtype == dtype and buffer.device == device
+        if not fits or not _only_holder(buffer):
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size]
 
     def _remember(self, key: tuple[Any, ...], value: Tensor) -> None:
         self._masks[key] = value
