@@ -40,20 +40,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from lightning_al._validation import check_int
 from lightning_al.callbacks.loss_prediction import check_layers, tap_features
 from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
 from lightning_al.callbacks.vaal import Discriminator
-from lightning_al.data.batches import move_indexed_batch
+from lightning_al.data.unlabelled import UnlabelledBatches
 from lightning_al.functional.mal import cosine_logits
 
 
@@ -144,41 +143,6 @@ def discriminator_loss(discriminator: nn.Module, labelled_B_D: Tensor, unlabelle
     return F.binary_cross_entropy_with_logits(
         logits_lab, torch.ones_like(logits_lab)
     ) + F.binary_cross_entropy_with_logits(logits_unl, torch.zeros_like(logits_unl))
-
-
-class UnlabelledBatches:
-    """Endless batches of model inputs from the unlabelled pool, reshuffled each pass with their own generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-        self._loader: DataLoader | None = None
-        self._iter: Iterator[Any] | None = None
-
-    def restart(self, seed: int | None = None) -> None:
-        """Forget the pool (it changes between fits); with ``seed``, also re-seed the shuffles."""
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self._loader = self._iter = None
-
-    def next(self, dm: Any, batch_size: int, device: torch.device) -> Any | None:
-        """The inputs of the next batch of ``dm``'s unlabelled pool on ``device``, or None if the pool is empty."""
-        if self._loader is None:
-            pool = dm.pool_dataloader()
-            if len(pool.dataset) == 0:
-                return None
-            self._loader = DataLoader(
-                pool.dataset,
-                batch_size=batch_size,
-                shuffle=True,
-                generator=self.generator,  # shuffles and worker seeds leave the global RNG alone
-                collate_fn=pool.collate_fn,
-                num_workers=pool.num_workers,
-            )
-        batch = next(self._iter, None) if self._iter is not None else None
-        if batch is None:
-            self._iter = iter(self._loader)
-            batch = next(self._iter)
-        return dm.inputs(move_indexed_batch(batch, device))
 
 
 class MALCallback(RestoresTrainingStep):

@@ -13,17 +13,15 @@ main model's fit; the task model is never touched.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from lightning_al._validation import check_int
-from lightning_al.data.batches import move_indexed_batch
+from lightning_al.data.unlabelled import UnlabelledBatches
 
 
 def gaussian_kl(mu_B_L: Tensor, logvar_B_L: Tensor) -> Tensor:
@@ -211,9 +209,7 @@ class VAALCallback(pl.Callback):
         self.reconstruction_losses: list[float] = []
         self.discriminator_losses: list[float] = []
         self._noise: torch.Generator | None = None
-        self._shuffle = torch.Generator().manual_seed(seed)
-        self._pool: DataLoader | None = None
-        self._pool_iter: Iterator[Any] | None = None
+        self._unlabelled = UnlabelledBatches(seed)
 
     @property
     def state_key(self) -> str:
@@ -230,7 +226,7 @@ class VAALCallback(pl.Callback):
         self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.lr)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr)
         self._noise = torch.Generator(device=torch.device(device)).manual_seed(self.seed)
-        self._shuffle = torch.Generator().manual_seed(self.seed)
+        self._unlabelled.restart(self.seed)
 
     def _to(self, device: torch.device) -> None:
         assert self.vae is not None and self.discriminator is not None  # internal invariant
@@ -256,30 +252,10 @@ class VAALCallback(pl.Callback):
         if self.reset_each_fit:
             self.vae = self.discriminator = None
         self.vae_losses, self.reconstruction_losses, self.discriminator_losses = [], [], []
-        self._pool = self._pool_iter = None
+        self._unlabelled.restart()
 
     def _next_unlabelled(self, trainer: pl.Trainer, batch_size: int, device: torch.device) -> Tensor | None:
-        dm = trainer.datamodule
-        if self._pool is None:
-            pool = dm.pool_dataloader()
-            if len(pool.dataset) == 0:
-                return None
-            self._pool = DataLoader(
-                pool.dataset,
-                batch_size=batch_size,
-                shuffle=True,
-                generator=self._shuffle,  # own generator: shuffles and worker seeds leave the global RNG alone
-                collate_fn=pool.collate_fn,
-                num_workers=pool.num_workers,
-            )
-        try:
-            batch = next(self._pool_iter) if self._pool_iter is not None else None
-        except StopIteration:
-            batch = None
-        if batch is None:
-            self._pool_iter = iter(self._pool)
-            batch = next(self._pool_iter)
-        return dm.inputs(move_indexed_batch(batch, device))
+        return self._unlabelled.next(trainer.datamodule, batch_size, device)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -329,7 +305,7 @@ class VAALCallback(pl.Callback):
             "vae_losses": list(self.vae_losses),
             "reconstruction_losses": list(self.reconstruction_losses),
             "discriminator_losses": list(self.discriminator_losses),
-            "shuffle": self._shuffle.get_state(),
+            "shuffle": self._unlabelled.generator.get_state(),
         }
         if self.vae is not None:
             state.update(
@@ -349,7 +325,7 @@ class VAALCallback(pl.Callback):
         self.discriminator_losses = list(state_dict["discriminator_losses"])
         if "input_shape" not in state_dict:
             self.vae = self.discriminator = self.vae_optimizer = self.discriminator_optimizer = None
-            self._shuffle.set_state(state_dict["shuffle"])
+            self._unlabelled.generator.set_state(state_dict["shuffle"])
             return
         device = next(self.vae.parameters()).device if self.vae is not None else torch.device("cpu")
         self.build(tuple(state_dict["input_shape"]), device)
@@ -357,6 +333,6 @@ class VAALCallback(pl.Callback):
         self.discriminator.load_state_dict(state_dict["discriminator"])
         self.vae_optimizer.load_state_dict(state_dict["vae_optimizer"])
         self.discriminator_optimizer.load_state_dict(state_dict["discriminator_optimizer"])
-        self._shuffle.set_state(state_dict["shuffle"])
+        self._unlabelled.generator.set_state(state_dict["shuffle"])
         if self._noise.device.type == state_dict["noise_device"]:
             self._noise.set_state(state_dict["noise"])
