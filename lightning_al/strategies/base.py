@@ -104,3 +104,21 @@ class ScoreStrategy(Strategy):
         scores = self.score(outputs)
         picked = topk_select(scores, k)
         return Selection(ids=outputs.ids[picked], scores=scores[picked])
+
+
+class CallbackScoreStrategy(ScoreStrategy):
+    """A score strategy that learns from training through its own callback, ``self.callback``.
+
+    The callback joins every round's fit (:meth:`callbacks`) and its state is the strategy's state.
+    """
+
+    callback: pl.Callback
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [self.callback]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"callback": self.callback.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state["callback"])

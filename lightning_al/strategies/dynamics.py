@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytorch_lightning as pl
 from torch import Tensor
 
 from lightning_al.callbacks.dispersion import LabelDispersionCallback
 from lightning_al.outputs import PoolOutputs
-from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.strategies.base import CallbackScoreStrategy
 
 
-class LabelDispersion(ScoreStrategy):
+class LabelDispersion(CallbackScoreStrategy):
     """Query the pool samples whose predicted label changed most during training (Bengar et al. 2021,
     "When Deep Learners Change Their Mind: Learning Dynamics for Active Learning").
 
@@ -30,17 +27,8 @@ class LabelDispersion(ScoreStrategy):
     def __init__(self, every_n_epochs: int = 1) -> None:
         self.callback = LabelDispersionCallback(every_n_epochs=every_n_epochs)
 
-    def callbacks(self) -> list[pl.Callback]:
-        return [self.callback]
-
     def score(self, outputs: PoolOutputs) -> Tensor:
         return self.callback.dispersion_by_id(outputs.ids)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"callback": self.callback.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.callback.load_state_dict(state["callback"])
 
     def __repr__(self) -> str:
         return f"LabelDispersion(every_n_epochs={self.callback.every_n_epochs})"

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from lightning_al.callbacks.loss_prediction import LossPredictionCallback
 from lightning_al.estimators.base import Estimator
 from lightning_al.functional._checks import check_scores
 from lightning_al.outputs import PoolOutputs
-from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.strategies.base import CallbackScoreStrategy
 
 PREDICTED_LOSS = "predicted_loss"  # (N,) the loss-prediction head's output
 
@@ -43,7 +42,7 @@ class LossPredictionEstimator(Estimator):
         return {PREDICTED_LOSS: self.callback.predict_loss(model, inputs)}
 
 
-class LossPrediction(ScoreStrategy):
+class LossPrediction(CallbackScoreStrategy):
     """Score = the predicted loss, highest first; trains its own loss-prediction head during each fit.
 
     Arguments are those of :class:`~lightning_al.callbacks.loss_prediction.LossPredictionCallback`
@@ -79,20 +78,10 @@ class LossPrediction(ScoreStrategy):
         )
         self.estimator = LossPredictionEstimator(self.callback)
 
-    def callbacks(self) -> list[pl.Callback]:
-        return [self.callback]
-
     def score(self, outputs: PoolOutputs) -> Tensor:
         scores = outputs[PREDICTED_LOSS]
         check_scores(PREDICTED_LOSS, scores)
         return scores
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"callback": self.callback.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "callback" in state:
-            self.callback.load_state_dict(state["callback"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={self.callback.layers})"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -21,7 +20,7 @@ from lightning_al.callbacks.mal import MALCallback
 from lightning_al.estimators.base import Estimator
 from lightning_al.functional.mal import mal_score
 from lightning_al.outputs import PROBS, PoolOutputs
-from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.strategies.base import CallbackScoreStrategy
 
 MAL_UNLABELLED_SCORE = "mal_unlabelled_score"  # (N,) 1 - p("labelled") of MAL's discriminator
 
@@ -64,7 +63,7 @@ class MALEstimator(Estimator):
         return out
 
 
-class MAL(ScoreStrategy):
+class MAL(CallbackScoreStrategy):
     r"""Minimax active learning (Ebrahimi et al. 2021): top ``k`` of :func:`~lightning_al.functional.mal.mal_score`.
 
     :math:`s(x) = H(x) - \mathbb{1}[u(x) < \tau](\log K + 1)`: the samples the discriminator
@@ -105,17 +104,8 @@ class MAL(ScoreStrategy):
         )
         self.estimator = MALEstimator(self.callback)
 
-    def callbacks(self) -> list[pl.Callback]:
-        return [self.callback]
-
     def score(self, outputs: PoolOutputs) -> Tensor:
         return mal_score(outputs[PROBS], outputs[MAL_UNLABELLED_SCORE], self.threshold)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"callback": self.callback.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.callback.load_state_dict(state["callback"])
 
     def __repr__(self) -> str:
         c = self.callback

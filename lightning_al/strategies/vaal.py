@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_al.callbacks.vaal import VAALCallback
 from lightning_al.estimators.base import Estimator
 from lightning_al.outputs import PoolOutputs
-from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.strategies.base import CallbackScoreStrategy
 
 VAAL_SCORE = "vaal_unlabelled_score"  # (N,) 1 - p("labelled") of the VAAL discriminator
 
@@ -59,7 +58,7 @@ class VAALEstimator(Estimator):
         return {VAAL_SCORE: score_B.float()}
 
 
-class VAAL(ScoreStrategy):
+class VAAL(CallbackScoreStrategy):
     """Variational adversarial active learning (Sinha et al. 2019): top ``k`` of ``1 - p(labelled | mu(x))``.
 
     Owns the :class:`VAALCallback` that trains the VAE and discriminator during each round's
@@ -93,17 +92,8 @@ class VAAL(ScoreStrategy):
         )
         self.estimator = VAALEstimator(self.callback)
 
-    def callbacks(self) -> list[pl.Callback]:
-        return [self.callback]
-
     def score(self, outputs: PoolOutputs) -> Tensor:
         return outputs[VAAL_SCORE]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"callback": self.callback.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.callback.load_state_dict(state["callback"])
 
     def __repr__(self) -> str:
         c = self.callback
