@@ -327,3 +327,29 @@ def test_bad_arguments_are_refused():
         typiclust_from_clusters(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 0, 0]).bool(), 3)
     with pytest.raises(TypeError, match="`assignment_N` to hold integer cluster ids"):
         typiclust_from_clusters(torch.zeros(3, 2), torch.zeros(3), torch.zeros(3, dtype=torch.bool), 1)
+
+
+def test_budget_aware_defaults_read_the_class_count_and_switch(tiny_data):
+    strategy = BudgetAware()
+    assert isinstance(strategy.low, TypiClust) and type(strategy.high).__name__ == "BADGE"
+    assert strategy.num_classes is None and strategy.switch_at is None
+    train, test = tiny_data
+    dm = al.ActiveDataModule(train, test_set=test, initial_labelled=10, batch_size=8, seed=0)
+    used = []
+    active = strategy.active
+    strategy.active = lambda n: used.append(n) or active(n)
+    loop = al.ActiveLearningLoop(strategy, query_size=5, rounds=2, trainer_kwargs=FAST_TRAINER, progress=False)
+    torch.manual_seed(0)
+    loop.run(TinyClassifier(), dm)
+    assert strategy.num_classes == 3 and strategy.switch_at == 15  # ceil(5 labels per class * 3 classes)
+    assert [active(n) is strategy.low for n in used] == [True, False]  # 10 labelled: low; 15: high
+    assert dm.num_labelled == 20
+
+
+def test_budget_aware_needs_a_class_count_it_can_read():
+    class EmbeddingsOnly(al.Estimator):
+        provides = frozenset({EMBEDDINGS})
+
+    with pytest.raises(ValueError, match="Expected `num_classes`, or a `high` strategy whose estimator provides"):
+        BudgetAware(high=TypiClust(estimator=EmbeddingsOnly()))
+    assert BudgetAware(high=TypiClust(estimator=EmbeddingsOnly()), num_classes=4).switch_at == 20

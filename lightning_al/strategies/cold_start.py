@@ -211,18 +211,32 @@ class BudgetAware(Strategy):
     ``"low/"`` and ``"high/"``, every round, and hands each part only its own. The labelled count
     comes from ``outputs.labelled`` (so at least one labelled output is always required).
 
+    With no arguments it is ``BudgetAware(TypiClust(), BADGE())`` on the task model's features, with
+    ``num_classes`` read from the width of the model's probabilities; for a real cold start give
+    ``low`` embeddings that exist before any label (``TypiClust(estimator=FrozenEncoder(...))``).
+
     Args:
-        low: strategy for small labelled sets (e.g. :class:`TypiClust` or :class:`ProbCover`).
-        high: strategy from ``switch_at`` labels on (e.g. ``BADGE()`` or ``Entropy()``).
-        num_classes: number of classes.
+        low: strategy for small labelled sets (default :class:`TypiClust`; or :class:`ProbCover`).
+        high: strategy from ``switch_at`` labels on (default ``BADGE()``; or e.g. ``Entropy()``).
+        num_classes: number of classes; None reads it from the probabilities ``high`` is scored with.
         labels_per_class: labels per class at which ``high`` takes over (``> 0``).
     """
 
-    def __init__(self, low: Strategy, high: Strategy, num_classes: int, labels_per_class: float = 5.0) -> None:
+    def __init__(
+        self,
+        low: Strategy | None = None,
+        high: Strategy | None = None,
+        num_classes: int | None = None,
+        labels_per_class: float = 5.0,
+    ) -> None:
+        from lightning_al.strategies.diversity import BADGE
+
+        low = TypiClust() if low is None else low
+        high = BADGE() if high is None else high
         for name, part in (("low", low), ("high", high)):
             if not isinstance(part, Strategy):
                 raise TypeError(f"Expected `{name}` to be a lightning_al Strategy, but got {type(part).__name__}.")
-        check_int("num_classes", num_classes, 1)
+        check_int("num_classes", num_classes, 1, optional=True)
         if (
             isinstance(labels_per_class, bool)
             or not isinstance(labels_per_class, (int, float))
@@ -231,9 +245,15 @@ class BudgetAware(Strategy):
             raise ValueError(f"Expected `labels_per_class` to be a finite number > 0, but got {labels_per_class!r}.")
         self.low, self.high = low, high
         self.num_classes, self.labels_per_class = num_classes, labels_per_class
-        self.switch_at = math.ceil(labels_per_class * num_classes)
         self.estimator = _PartsEstimator({"low": low.estimator or Softmax(), "high": high.estimator or Softmax()})
         self.requires = frozenset(f"low/{n}" for n in low.requires) | frozenset(f"high/{n}" for n in high.requires)
+        if num_classes is None:  # read from the width of the probabilities
+            if PROBS not in self.estimator.parts["high"].provides:
+                raise ValueError(
+                    "Expected `num_classes`, or a `high` strategy whose estimator provides probabilities to read "
+                    f"it from, but got num_classes=None and {high!r}."
+                )
+            self.requires = self.requires | {f"high/{PROBS}"}
         labelled = frozenset(f"low/{n}" for n in low.requires_labelled) | frozenset(
             f"high/{n}" for n in high.requires_labelled
         )
@@ -242,11 +262,20 @@ class BudgetAware(Strategy):
             labelled = frozenset({f"low/{PROBS if PROBS in low_provides else min(low_provides)}"})
         self.requires_labelled = labelled
 
+    @property
+    def switch_at(self) -> int | None:
+        """``ceil(labels_per_class * num_classes)``; None while ``num_classes`` is still to be read."""
+        return None if self.num_classes is None else math.ceil(self.labels_per_class * self.num_classes)
+
     def active(self, num_labelled: int) -> Strategy:
         """The part that queries when ``num_labelled`` samples are labelled."""
+        if self.switch_at is None:
+            raise RuntimeError("Expected `num_classes` to be known; it is read at the first `select`.")
         return self.low if num_labelled < self.switch_at else self.high
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        if self.num_classes is None:
+            self.num_classes = int(outputs[f"high/{PROBS}"].shape[1])
         num_labelled = len(outputs.labelled) if outputs.labelled is not None else 0
         part = self.active(num_labelled)
         prefix = "low" if part is self.low else "high"
