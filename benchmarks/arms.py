@@ -102,7 +102,13 @@ def budget_aware() -> al.Strategy:
     return al.strategies.BudgetAware(low=typiclust(), high=al.strategies.BADGE(), num_classes=10, labels_per_class=5)
 
 
-COLD_START_ARMS = {"TypiClust": Arm(typiclust), "ProbCover": Arm(probcover), "BudgetAware": Arm(budget_aware)}
+COLD_START_ARMS = {
+    "TypiClust": Arm(typiclust),
+    "ProbCover": Arm(probcover),
+    "BudgetAware": Arm(budget_aware),
+    # The library's default, on the task model's own features: TypiClust, then BADGE from 5 labels per class.
+    "BudgetAware-default": Arm(al.strategies.BudgetAware),
+}
 
 # Strategy families (one panel each in the plots), Random excepted; an arm appears in one family only.
 FAMILIES: dict[str, tuple[str, ...]] = {

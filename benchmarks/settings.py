@@ -149,7 +149,7 @@ SETTINGS: dict[str, Setting] = {
             "mean little. TypiClust, ProbCover and BudgetAware's low-budget part use a fixed 20-dimensional PCA "
             "of the pixels (no labels used). Metric: accuracy on the test set."
         ),
-        arms=("Random", "Entropy", "BALD", "BADGE", "TypiClust", "ProbCover", "BudgetAware"),
+        arms=("Random", "Entropy", "BALD", "BADGE", "TypiClust", "ProbCover", "BudgetAware", "BudgetAware-default"),
         initial=20,
         query_size=5,
         rounds=16,
