@@ -35,8 +35,8 @@ from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.run_state import STATE_FILE
 
-# The strategy used when the config names none.
-DEFAULT_STRATEGY = "lightning_al.strategies.Entropy"
+# The strategy used when the config names none: typicality while labels are few, then BADGE.
+DEFAULT_STRATEGY = "lightning_al.strategies.BudgetAware"
 CONFIG_FILE_NAME = "config.yaml"
 
 
