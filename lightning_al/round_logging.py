@@ -405,7 +405,10 @@ class RoundLogger:
             chart = wandb.plot.line(table, "num_labelled", "test_accuracy", title="Learning curve")
             # a chart logged as "<key>" is stored in history as its table, "<key>_table"
             keys = (LEARNING_CURVE_KEY, f"{LEARNING_CURVE_PLOT_KEY}_table")
-            self._log_wandb(index, run, {LEARNING_CURVE_KEY: table, LEARNING_CURVE_PLOT_KEY: chart}, keys)
+            # logged at the last x explicitly: W&B's own step sync does not always fill it in offline runs
+            last_x = rows[-1][columns.index("num_labelled")]
+            payload = {STEP_METRIC: last_x, LEARNING_CURVE_KEY: table, LEARNING_CURVE_PLOT_KEY: chart}
+            self._log_wandb(index, run, payload, keys)
         metadata = {"num_labelled": len(records), "last_round": max((r["round"] for r in records), default=-1)}
         artifact = wandb.Artifact(f"labelled-ids-{run.id}", type=LABELLED_IDS_ARTIFACT_TYPE, metadata=metadata)
         with artifact.new_file(LABELLED_IDS_FILE, mode="w") as handle:
