@@ -19,9 +19,8 @@ def make_dm() -> al.ActiveDataModule:
     return al.ActiveDataModule(blobs(90, seed=0), test_set=blobs(30, seed=1), initial_labelled=9, batch_size=8, seed=0)
 
 
-def run(tmp_path, resume: bool) -> tuple[al.ActiveLearningLoop, al.ActiveDataModule, list[dict]]:
-    dm = make_dm()
-    loop = al.ActiveLearningLoop(
+def make_loop(tmp_path) -> al.ActiveLearningLoop:
+    return al.ActiveLearningLoop(
         strategy=Margin(),
         query_size=4,
         rounds=2,
@@ -30,6 +29,11 @@ def run(tmp_path, resume: bool) -> tuple[al.ActiveLearningLoop, al.ActiveDataMod
         output_dir=str(tmp_path / "run"),
         progress=False,
     )
+
+
+def run(tmp_path, resume: bool) -> tuple[al.ActiveLearningLoop, al.ActiveDataModule, list[dict]]:
+    dm = make_dm()
+    loop = make_loop(tmp_path)
     torch.manual_seed(0)
     history = loop.run(TinyClassifier(), dm, resume=resume)
     return loop, dm, history
@@ -93,7 +97,7 @@ def test_the_file_oracle_workflow_end_to_end(tmp_path, capsys):
     ],
 )
 def test_a_bad_answer_file_applies_nothing(tmp_path, capsys, edit, message):
-    loop, _, _ = run(tmp_path, resume=False)
+    run(tmp_path, resume=False)
     query_file = tmp_path / "labels" / "queries" / "round_000.csv"
     rows = read_rows(query_file)
     answers = truth(int(r["id"]) for r in rows)
@@ -106,16 +110,7 @@ def test_a_bad_answer_file_applies_nothing(tmp_path, capsys, edit, message):
     state_before = (tmp_path / "run" / "state.pt").read_bytes()
 
     dm = make_dm()
-    loop = al.ActiveLearningLoop(
-        strategy=Margin(),
-        query_size=4,
-        rounds=2,
-        oracle=FileOracle(str(tmp_path / "labels"), class_names=NAMES),
-        trainer_kwargs=FAST_TRAINER,
-        output_dir=str(tmp_path / "run"),
-        progress=False,
-    )
     with pytest.raises(ValueError, match=message):
-        loop.run(TinyClassifier(), dm, resume=True)
+        make_loop(tmp_path).run(TinyClassifier(), dm, resume=True)
     assert dm.num_labelled == 9  # nothing applied
     assert (tmp_path / "run" / "state.pt").read_bytes() == state_before
