@@ -24,7 +24,6 @@ from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
 from lightning_al.estimators.base import TrainFn
-from lightning_al.file_oracle import FileOracle
 from lightning_al.history import scalar_metrics, write_json_atomic
 from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, QueryOracle
 from lightning_al.outputs import PROBS, PoolOutputs
@@ -364,8 +363,8 @@ class ActiveLearningLoop:
                 f"but got {self.query_size}."
             )
         oracle = self.oracle or DatasetOracle(dm.train_set, dm.target_key)
-        if isinstance(oracle, FileOracle) and oracle.dataset is None:
-            oracle.dataset = dm.train_set  # lets the query file show each sample's path, when it has one
+        if isinstance(oracle, QueryOracle) and getattr(oracle, "dataset", False) is None:
+            oracle.dataset = dm.train_set  # an oracle that shows samples (e.g. their paths) reads them from here
         initial_state = self._initial_state if self._initial_state is not None else initial_state
         self._initial_state = initial_state
         while True:
