@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.suite import SuiteRow
 from lightning_al.functional.diversity import badge, kcenter_greedy
 
 _GIB = 2**30
@@ -73,6 +74,35 @@ def run_in_subprocess(kernel: str, args: dict) -> tuple[float, int, int | None]:
     result = queue.get()
     proc.join()
     return result
+
+
+def suite_rows(quick: bool = False) -> list[SuiteRow]:
+    """k-center greedy and BADGE picking k = 1,000 of N = 200,000 (D = 512, C = 100), each in a fresh process.
+
+    ``ratio`` is the kernel's extra peak memory over what the materialised approach would allocate.
+    """
+    n, k = (5_000, 50) if quick else (200_000, 1_000)
+    args = {"n": n, "dim": 512, "classes": 100, "k": k, "seed": 0, "threads": torch.get_num_threads()}
+    _, idle_hwm, _ = run_in_subprocess("idle", args)
+    materialised = {"kcenter_greedy": n * n * 4, "badge": n * 512 * 100 * 4}
+    rows = []
+    for kernel in ("kcenter_greedy", "badge"):
+        seconds, hwm, unique = run_in_subprocess(kernel, args)
+        extra = max(hwm - idle_hwm, 0)
+        note = (
+            f"peak +{extra / _MIB:.0f} MiB vs {materialised[kernel] / _GIB:.1f} GiB materialised; {unique} unique picks"
+        )
+        rows.append(
+            SuiteRow(
+                f"diversity, N={n:,}, k={k:,}",
+                kernel,
+                seconds,
+                "materialised memory",
+                extra / materialised[kernel],
+                note,
+            )
+        )
+    return rows
 
 
 def main() -> None:

@@ -1,7 +1,17 @@
 """Time pool scoring through the loop's scoring path against one plain forward pass over the same pool.
 
 The pool is synthetic (``N`` samples of 784 features, 10 classes) behind an
-:class:`~lightning_al.ActiveDataModule`; the model is an MLP 784→512→512→10 with ReLU. Methods:
+:class:`~lightning_al.ActiveDataModule`. Two models (``--model``):
+
+- **mlp**: 784→512→512→10 with ReLU, dropout (p = 0.5) before the last layer. Its head is large next to
+  its backbone: ``T = 20`` passes through the last layer are ``20 · 512 · 10`` multiply-adds per sample,
+  15% of the backbone's 663,552, computed as a matrix product with 10 output columns, which CPUs run at
+  a fraction of the speed of the backbone's square ones;
+- **cnn**: the inputs as 1×28×28 images through conv(16)–pool–conv(32)–pool–linear(1568→128), then
+  dropout (p = 0.5) and linear(128→10): a convolutional backbone with a dropout head, the usual shape of an
+  image classifier; the head's ``T = 20`` passes are 2% of the backbone's 1.2 million multiply-adds.
+
+Methods:
 
 - **floor**: ``model(x)`` for every batch of the pool dataloader, in eval mode under
   ``torch.inference_mode`` (the physical floor: read the pool once, one forward);
@@ -16,7 +26,7 @@ machine may be shared). ``--million`` instead scores a pool of 1,000,000 samples
 on the fly from a small table, so the data itself takes no memory) with Entropy and BALD (``T``
 passes, head-only dropout) and reports the peak resident memory.
 
-Run: ``python -m benchmarks.scoring [--n 200000] [--mc-samples 20] [--repeats 3] [--million]``.
+Run: ``python -m benchmarks.scoring [--model mlp|cnn] [--n 200000] [--mc-samples 20] [--repeats 3] [--million]``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 import lightning_al as al
+from benchmarks.suite import SuiteRow
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.loop import ActiveLearningLoop
 
@@ -58,6 +69,30 @@ class PoolMLP(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class PoolCNN(pl.LightningModule):
+    """``(B, 784)`` read as 1×28×28 → conv 3×3 (16) → ReLU → max-pool 2 → conv 3×3 (32) → ReLU → max-pool 2
+    → linear 1568→128 → ReLU → dropout (p = 0.5) → linear 128→10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Unflatten(1, (1, 28, 28)),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 128),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(128, CLASSES))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
 
 
 class GeneratedPool(Dataset):
@@ -113,45 +148,97 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), device cpu"
 
 
-def compare(args: argparse.Namespace) -> None:
-    x = torch.randn(args.n, FEATURES, generator=torch.Generator().manual_seed(args.seed))
-    dm = al.ActiveDataModule(TensorDataset(x, torch.arange(args.n) % CLASSES), eval_batch_size=args.batch_size)
-    torch.manual_seed(args.seed)
-    head, everywhere = PoolMLP(), PoolMLP(dropout_everywhere=True)
-    everywhere.load_state_dict(head.state_dict(), strict=False)
-    batches = list(x.split(args.batch_size))
-    T, k = args.mc_samples, args.query_size
+FLOOR = "floor: plain forward over the pool loader"
+
+
+def measure(
+    model_kind: str,
+    n: int,
+    mc_samples: int,
+    query_size: int,
+    batch_size: int,
+    repeats: int,
+    seed: int = 0,
+    everywhere: bool = True,
+) -> dict[str, float]:
+    """Seconds of each method on a pool of ``n`` (fastest of ``repeats``, methods taking turns); key ``FLOOR`` first.
+
+    ``everywhere`` adds BALD with dropout after every hidden layer (the MLP only).
+    """
+    x = torch.randn(n, FEATURES, generator=torch.Generator().manual_seed(seed))
+    dm = al.ActiveDataModule(TensorDataset(x, torch.arange(n) % CLASSES), eval_batch_size=batch_size)
+    torch.manual_seed(seed)
+    model = PoolCNN() if model_kind == "cnn" else PoolMLP()
+    batches = list(x.split(batch_size))
+    T, k = mc_samples, query_size
 
     def forward_only() -> None:
-        head.eval()
+        model.eval()
         with torch.inference_mode():
             for batch in batches:
-                head(batch)
+                model(batch)
 
     entropy = scoring_step(al.strategies.Entropy(), k)
     bald_head = scoring_step(al.strategies.BALD(mc_samples=T), k)
     bald_consistent = scoring_step(al.strategies.BALD(estimator=MCDropout(T, consistent_masks=True)), k)
-    bald_everywhere = scoring_step(al.strategies.BALD(mc_samples=T), k)
     badge = scoring_step(al.strategies.BADGE(), k)
     methods: dict[str, Callable[[], Any]] = {
-        "floor: plain forward over the pool loader": lambda: plain_forward(head, dm),
+        FLOOR: lambda: plain_forward(model, dm),
         "forward only (batches in memory)": forward_only,
-        "Entropy": lambda: entropy(head, dm),
-        f"BALD, head-only dropout (T={T})": lambda: bald_head(head, dm),
-        f"BALD, head-only, consistent masks (T={T})": lambda: bald_consistent(head, dm),
-        f"BALD, dropout everywhere (T={T})": lambda: bald_everywhere(everywhere, dm),
-        f"BADGE (k={k})": lambda: badge(head, dm),
+        "Entropy": lambda: entropy(model, dm),
+        f"BALD, head-only dropout (T={T})": lambda: bald_head(model, dm),
+        f"BALD, head-only, consistent masks (T={T})": lambda: bald_consistent(model, dm),
+        f"BADGE (k={k})": lambda: badge(model, dm),
     }
-    if args.skip_everywhere:
-        del methods[f"BALD, dropout everywhere (T={T})"]
-    seconds = best_times(methods, args.repeats)
-    floor = seconds["floor: plain forward over the pool loader"]
-    print(f"Pool scoring: N={args.n} x {FEATURES} features, {CLASSES} classes, batch size {args.batch_size}, k={k}")
-    print(f"model: {FEATURES}-{HIDDEN}-{HIDDEN}-{CLASSES} MLP (ReLU), dropout 0.5; best of {args.repeats} runs")
+    if everywhere and model_kind == "mlp":
+        dropout_everywhere = PoolMLP(dropout_everywhere=True)
+        dropout_everywhere.load_state_dict(model.state_dict(), strict=False)
+        bald_everywhere = scoring_step(al.strategies.BALD(mc_samples=T), k)
+        methods[f"BALD, dropout everywhere (T={T})"] = lambda: bald_everywhere(dropout_everywhere, dm)
+    return best_times(methods, repeats)
+
+
+def describe(model_kind: str) -> str:
+    if model_kind == "cnn":
+        return "CNN conv16-pool-conv32-pool-fc128 (ReLU), dropout 0.5, fc10"
+    return f"{FEATURES}-{HIDDEN}-{HIDDEN}-{CLASSES} MLP (ReLU), dropout 0.5 before the last layer"
+
+
+def compare(args: argparse.Namespace) -> None:
+    seconds = measure(
+        args.model,
+        args.n,
+        args.mc_samples,
+        args.query_size,
+        args.batch_size,
+        args.repeats,
+        args.seed,
+        everywhere=not args.skip_everywhere,
+    )
+    floor = seconds[FLOOR]
+    print(
+        f"Pool scoring: N={args.n} x {FEATURES} features, {CLASSES} classes, batch size {args.batch_size}, "
+        f"k={args.query_size}"
+    )
+    print(f"model: {describe(args.model)}; best of {args.repeats} runs")
     print(f"machine: {machine()}")
     print(f"{'method':<48}{'seconds':>10}{'x floor':>10}{'samples/s':>12}")
     for name, value in seconds.items():
         print(f"{name:<48}{value:>10.2f}{value / floor:>10.2f}{args.n / value:>12.0f}")
+
+
+def suite_rows(quick: bool = False) -> list[SuiteRow]:
+    """Entropy, head-only BALD (T = 20) and BADGE against the floor, for the MLP (N = 200,000) and the CNN (20,000)."""
+    rows = []
+    for model_kind, n in (("mlp", 200_000), ("cnn", 20_000)):
+        n = 4_000 if quick else n
+        seconds = measure(model_kind, n, 20, 100, 1024, 1 if quick else 2, everywhere=False)
+        floor = seconds.pop(FLOOR)
+        seconds.pop("forward only (batches in memory)")
+        benchmark = f"pool scoring, {model_kind.upper()}, N={n:,}"
+        rows.append(SuiteRow(benchmark, "plain forward over the pool (floor)", floor))
+        rows += [SuiteRow(benchmark, name, value, "floor", value / floor) for name, value in seconds.items()]
+    return rows
 
 
 def million(args: argparse.Namespace) -> None:
@@ -174,6 +261,7 @@ def million(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the model scored (see above)")
     parser.add_argument("--n", type=int, default=200_000, help="pool size N")
     parser.add_argument("--mc-samples", type=int, default=20, help="MC-dropout passes T")
     parser.add_argument("--batch-size", type=int, default=1024, help="pool batch size")
