@@ -29,10 +29,7 @@ demo-dynamics: install
 	$(BIN)/python examples/digits_dynamics.py
 
 bench: install
-	$(BIN)/python -m benchmarks.mc_dropout
-	$(BIN)/python -m benchmarks.diversity
-	$(BIN)/python -m benchmarks.callback_overhead
-	$(BIN)/python -m benchmarks.scoring
+	$(BIN)/python -m benchmarks
 
 curves: install
 	$(BIN)/python -m benchmarks.learning_curves
