@@ -232,7 +232,7 @@ def suite_rows(quick: bool = False) -> list[SuiteRow]:
     rows = []
     for model_kind, n in (("mlp", 200_000), ("cnn", 20_000)):
         n = 4_000 if quick else n
-        seconds = measure(model_kind, n, 20, 100, 1024, 1 if quick else 2, everywhere=False)
+        seconds = measure(model_kind, n, 20, 100, 1024, 1 if quick else 3, everywhere=False)
         floor = seconds.pop(FLOOR)
         seconds.pop("forward only (batches in memory)")
         benchmark = f"pool scoring, {model_kind.upper()}, N={n:,}"
