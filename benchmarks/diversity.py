@@ -8,7 +8,8 @@ inputs; its peak resident memory (``VmHWM``) minus that of an idle spawned proce
 same inputs is the kernel's extra peak memory. Next to it: what a materialised approach would
 need (``N x N`` float32 distances; ``N x D*C`` float32 gradient embeddings).
 
-Run: ``python -m benchmarks.diversity [--n 200000] [--dim 512] [--classes 100] [--k 1000]``.
+Run: ``python -m benchmarks.diversity [--n 200000] [--dim 512] [--classes 100] [--k 1000] [--dtype float16]``;
+``--dtype`` is the dtype the embeddings are built and held in (probabilities stay float32).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def _vm_hwm_bytes() -> int:
     raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
-def make_inputs(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(embeddings (n, dim) float32, probs (n, classes) float32, labelled mask (n,))``, built in chunks."""
+def make_inputs(
+    n: int, dim: int, classes: int, seed: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(embeddings (n, dim) in dtype, probs (n, classes) float32, labelled mask (n,))``, built in chunks."""
     g = torch.Generator().manual_seed(seed)
     means = 3.0 * torch.randn(classes, dim, generator=g)
-    embeddings = torch.empty(n, dim)
+    embeddings = torch.empty(n, dim, dtype=dtype)
     probs = torch.empty(n, classes)
     chunk = 8192
     for start in range(0, n, chunk):
@@ -53,7 +56,8 @@ def make_inputs(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor
 
 def _worker(kernel: str, args: dict, queue: mp.Queue) -> None:
     torch.set_num_threads(args["threads"])
-    embeddings, probs, labelled = make_inputs(args["n"], args["dim"], args["classes"], args["seed"])
+    dtype = getattr(torch, args.get("dtype", "float32"))
+    embeddings, probs, labelled = make_inputs(args["n"], args["dim"], args["classes"], args["seed"], dtype)
     start = time.perf_counter()
     if kernel == "kcenter_greedy":
         picks = kcenter_greedy(embeddings, labelled, args["k"])
@@ -113,6 +117,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of the embeddings")
     args = vars(parser.parse_args())
     n, dim, classes = args["n"], args["dim"], args["classes"]
 
@@ -122,9 +127,10 @@ def main() -> None:
         seconds, hwm, unique = run_in_subprocess(kernel, args)
         rows.append((kernel, seconds, hwm, unique))
 
-    inputs_gib = (n * dim + n * classes) * 4 / _GIB
+    inputs_gib = (n * dim * getattr(torch, args["dtype"]).itemsize + n * classes * 4) / _GIB
     print(
         f"N={n} D={dim} C={classes} k={args['k']} labelled={max(1, n // 100)} threads={args['threads']} "
+        f"embeddings={args['dtype']} "
         f"inputs={inputs_gib:.2f} GiB idle VmHWM={idle_hwm / _MIB:.0f} MiB"
     )
     header = f"{'kernel':<16}{'time s':>10}{'VmHWM MiB':>12}{'extra MiB':>12}{'unique picks':>14}"

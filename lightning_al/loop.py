@@ -35,6 +35,8 @@ from lightning_al.strategies.base import Selection, Strategy, check_query_size
 if TYPE_CHECKING:
     from lightning_al.round_logging import RoundLogger
 
+# Accepted values of `embedding_dtype`: the dtype gathered pool embeddings are held in on the host.
+_EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Trainer arguments that describe the hardware; scoring trainers reuse them and nothing else.
 _HARDWARE_KEYS = ("accelerator", "precision")
 # Defaults for the per-round fit Trainer that the user's trainer_kwargs override.
@@ -95,6 +97,12 @@ class ActiveLearningLoop:
         pool_subset: score only a random subset of this many unlabelled samples each round (drawn from
             the loop's seeded generator, so a resumed run draws the same), as Gal et al. 2017 do on
             large pools; None scores the whole pool. Must be at least ``query_size``.
+        embedding_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``: the dtype in which the pool's
+            embeddings are gathered for strategies that need the whole pool (core-set, BADGE, TypiClust, ...).
+            Half precision is cast batch by batch on the scoring device, so the host holds ``N x D`` values
+            at half the memory and never their float32 copy; the diversity kernels then compute their
+            products in float32 row chunks. Other outputs (probabilities, MC samples) keep their dtype.
+            Embeddings beyond float16's range (65504) are refused; bfloat16 has float32's range.
 
     Scoring. A strategy that scores samples independently (``strategy.streamable``) is scored batch by
     batch with a running top ``k``: the host keeps ``O(query_size)`` values, never the pool's
@@ -126,6 +134,7 @@ class ActiveLearningLoop:
         output_dir: str | None = None,
         progress: bool = True,
         pool_subset: int | None = None,
+        embedding_dtype: str = "float32",
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"Expected `strategy` to be a lightning_al Strategy, but got {type(strategy).__name__}.")
@@ -136,6 +145,10 @@ class ActiveLearningLoop:
         if pool_subset is not None and pool_subset < query_size:
             raise ValueError(
                 f"Expected `pool_subset` to be at least `query_size` ({query_size}), but got {pool_subset}."
+            )
+        if not isinstance(embedding_dtype, str) or embedding_dtype not in _EMBEDDING_DTYPES:
+            raise ValueError(
+                f"Expected `embedding_dtype` to be one of {sorted(_EMBEDDING_DTYPES)}, but got {embedding_dtype!r}."
             )
         if oracle is not None and not isinstance(oracle, Oracle | QueryOracle):
             raise TypeError(
@@ -160,6 +173,7 @@ class ActiveLearningLoop:
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
         self.pool_subset = pool_subset
+        self.embedding_dtype = embedding_dtype
         self.finished = False
         self.pending_query: Query | None = None
         self._initial_state: dict[str, Any] | None = None
@@ -300,7 +314,16 @@ class ActiveLearningLoop:
         mine = distributed.shard(ids)
         if not needs:
             return PoolOutputs(ids=ids) if distributed.is_rank_zero() else None
-        local = predict_outputs(self._eval_trainer(), model, dm.pool_dataloader(mine), self.estimator, needs, dm.inputs)
+        dtype = _EMBEDDING_DTYPES[self.embedding_dtype]
+        local = predict_outputs(
+            self._eval_trainer(),
+            model,
+            dm.pool_dataloader(mine),
+            self.estimator,
+            needs,
+            dm.inputs,
+            embedding_dtype=None if dtype == torch.float32 else dtype,
+        )
         return distributed.gather_by_id(local)
 
     def _agree(self, selection: Selection | None) -> Selection:
@@ -450,6 +473,7 @@ class ActiveLearningLoop:
             "budget": self.budget,
             "reset_weights": self.reset_weights,
             "seed": self.seed,
+            "embedding_dtype": self.embedding_dtype,
             "pool_size": dm.pool.size,
             "initial_labelled": dm.num_labelled,
         }

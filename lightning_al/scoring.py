@@ -4,7 +4,10 @@ Two ways to collect the results:
 
 - :func:`predict_outputs` keeps every requested output of every sample (``(N, C)`` probabilities,
   ``(N, T, C)`` MC samples, ``(N, D)`` embeddings) on the host, for strategies that look at the
-  whole pool at once (BADGE, core-set, BatchBALD, ...).
+  whole pool at once (BADGE, core-set, BatchBALD, ...). Each batch is copied into host tensors
+  allocated once for the whole loader (:class:`_HostOutputs`), so the pool's outputs exist once on
+  the host, never as a list of batches plus their concatenation; embeddings can be cast to half
+  precision on the scoring device before they leave it.
 - :func:`stream_top_k` turns each batch's outputs into one score per sample as soon as the batch is
   predicted and keeps only a running top ``k``: host memory is ``O(k)`` and the ``(N, T, C)``
   tensor never exists. It serves strategies whose score of a sample depends on that sample alone
@@ -25,9 +28,10 @@ from torch.utils.data import DataLoader
 from lightning_al.data.batches import batch_ids, move_indexed_batch
 from lightning_al.estimators import Estimator
 from lightning_al.functional._checks import check_scores
-from lightning_al.outputs import PoolOutputs
+from lightning_al.outputs import EMBEDDINGS, PoolOutputs
 
 TARGETS = "targets"
+_IDS = "ids"
 
 # A batch's outputs (ids plus named values) → one score per sample, shape (B,).
 BatchScorer = Callable[[PoolOutputs], Tensor]
@@ -94,11 +98,84 @@ def _refuse_non_finite(ids: Tensor, values: dict[str, Tensor]) -> None:
                 )
 
 
-class _Scorer(pl.LightningModule):
-    """Wraps the user's model so that ``predict_step`` returns the estimator's outputs and ids.
+def _cast_embeddings(ids: Tensor, embeddings_B_D: Tensor, dtype: torch.dtype) -> Tensor:
+    """``embeddings_B_D`` in ``dtype``, refusing rows whose finite values overflow its range."""
+    cast_B_D = embeddings_B_D.to(dtype)
+    overflow = ~torch.isfinite(cast_B_D.reshape(cast_B_D.shape[0], -1)).all(dim=1)
+    if overflow.any():
+        overflow = overflow.cpu()
+        raise ValueError(
+            f"Expected the embeddings to fit in `embedding_dtype` {str(dtype).removeprefix('torch.')} "
+            f"(largest magnitude {torch.finfo(dtype).max:.6g}), but they overflow it for dataset ids "
+            f"{ids.cpu()[overflow][:10].tolist()}{' and more' if int(overflow.sum()) > 10 else ''}. "
+            "Use 'bfloat16' or 'float32'."
+        )
+    return cast_B_D
 
-    With a ``top_k`` and a ``scorer``, each batch is scored on the device and only the running
-    top ``k`` is kept; ``predict_step`` then returns nothing.
+
+class _HostOutputs:
+    """Named per-sample tensors filled batch by batch into host tensors allocated once.
+
+    The first batch fixes each output's dtype and trailing shape; ``reserve(num_samples)`` sizes the
+    tensors for the whole loader (the samples this process predicts). Should more samples arrive, the
+    tensors grow by doubling; should fewer, ``result`` returns copies of the filled rows.
+    """
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self.count = 0
+        self.tensors: dict[str, Tensor] = {}
+
+    def reserve(self, num_samples: int) -> None:
+        self.capacity = max(self.capacity, num_samples)
+
+    def _allocate(self, batch: dict[str, Tensor], capacity: int) -> None:
+        grown = {
+            name: torch.empty((capacity, *value.shape[1:]), dtype=value.dtype, device="cpu")
+            for name, value in batch.items()
+        }
+        for name, tensor in self.tensors.items():
+            grown[name][: self.count] = tensor[: self.count]
+        self.tensors, self.capacity = grown, capacity
+
+    def add(self, batch: dict[str, Tensor]) -> None:
+        """Copy ``batch`` (named ``(B, ...)`` tensors on any device) after the rows filled so far."""
+        size = int(batch[_IDS].shape[0])
+        if not self.tensors or self.count + size > self.capacity:
+            self._allocate(batch, max(self.capacity if not self.tensors else 2 * self.capacity, self.count + size))
+        for name, value in batch.items():
+            rows = self.tensors[name][self.count : self.count + size]
+            if value.shape != rows.shape:
+                raise ValueError(
+                    f"Expected output {name!r} to have shape {(size, *rows.shape[1:])} in every batch, "
+                    f"but got {tuple(value.shape)}."
+                )
+            rows.copy_(value)
+        self.count += size
+
+    def result(self) -> dict[str, Tensor]:
+        if self.count == self.capacity:
+            return self.tensors
+        return {name: tensor[: self.count].clone() for name, tensor in self.tensors.items()}
+
+
+def _num_samples(loader: Any) -> int | None:
+    """Samples ``loader`` yields, from its sampler (or dataset) length; None when it has none."""
+    for sized in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        try:
+            return len(sized)  # type: ignore[arg-type]
+        except TypeError:
+            continue
+    return None
+
+
+class _Scorer(pl.LightningModule):
+    """Wraps the user's model so that ``predict_step`` collects the estimator's outputs and ids.
+
+    With a ``host`` collection, each batch's outputs (and ids, and targets) are copied into it, with
+    the embeddings cast to ``embedding_dtype`` on the device first when given. With a ``top_k`` and
+    a ``scorer``, each batch is scored on the device and only the running top ``k`` is kept.
+    ``predict_step`` returns nothing either way (Lightning keeps no list of batches).
     """
 
     def __init__(
@@ -110,6 +187,8 @@ class _Scorer(pl.LightningModule):
         targets: Callable[[Any], Tensor] | None,
         scorer: BatchScorer | None = None,
         top_k: RunningTopK | None = None,
+        host: _HostOutputs | None = None,
+        embedding_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -117,25 +196,34 @@ class _Scorer(pl.LightningModule):
         self.estimator, self.needs = estimator, needs
         self.inputs, self.targets = inputs, targets
         self.scorer, self.top_k = scorer, top_k
+        self.host, self.embedding_dtype = host, embedding_dtype
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
+    def on_predict_start(self) -> None:
+        if self.host is not None:  # the loader as Lightning runs it (e.g. with a DistributedSampler)
+            num_samples = _num_samples(self.trainer.predict_dataloaders)
+            if num_samples is not None:
+                self.host.reserve(num_samples)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
         ids = batch_ids(batch)
         if self.estimator.needs_ids:
             values = self.estimator.predict(self.model, self.inputs(batch), self.needs, ids=ids)
         else:
             values = self.estimator.predict(self.model, self.inputs(batch), self.needs)
         values = {name: values[name].detach() for name in self.needs}
+        _refuse_non_finite(ids, values)
         if self.scorer is not None and self.top_k is not None:
-            _refuse_non_finite(ids, values)
             scores = self.scorer(PoolOutputs(ids=ids, values=values))
             check_scores("scores", scores)
             self.top_k.update(ids, scores)
-            return None
-        out = {name: value.cpu() for name, value in values.items()}
-        out["ids"] = ids.cpu()
-        if self.targets is not None:
-            out[TARGETS] = self.targets(batch).cpu()
-        return out
+        elif self.host is not None:
+            if self.embedding_dtype is not None and EMBEDDINGS in values:
+                values[EMBEDDINGS] = _cast_embeddings(ids, values[EMBEDDINGS], self.embedding_dtype)
+            if self.targets is not None:
+                values[TARGETS] = self.targets(batch)
+                _refuse_non_finite(ids, {TARGETS: values[TARGETS]})
+            values[_IDS] = ids
+            self.host.add(values)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_indexed_batch(batch, device)
@@ -150,6 +238,13 @@ def _check_provides(estimator: Estimator, needs: frozenset[str]) -> None:
         )
 
 
+def _predict_quietly(trainer: pl.Trainer, scorer: _Scorer, loader: DataLoader) -> None:
+    """``trainer.predict`` keeping no predictions (``scorer`` collects them itself)."""
+    with warnings.catch_warnings():  # predict_step returns nothing on purpose
+        warnings.filterwarnings("ignore", message=".*predict returned None.*")
+        trainer.predict(scorer, dataloaders=loader, return_predictions=False)
+
+
 def predict_outputs(
     trainer: pl.Trainer,
     model: nn.Module,
@@ -158,20 +253,27 @@ def predict_outputs(
     needs: frozenset[str],
     inputs: Callable[[Any], Any],
     targets: Callable[[Any], Tensor] | None = None,
+    embedding_dtype: torch.dtype | None = None,
 ) -> PoolOutputs:
-    """Outputs ``needs`` (plus ``"targets"`` if ``targets`` is given) for every sample of ``loader``.
+    """Outputs ``needs`` (plus ``"targets"`` if ``targets`` is given) for every sample of ``loader``, on the host.
 
-    Values whose rows are not finite are refused with the offending dataset ids.
+    Each batch is copied into host tensors sized once for the loader (no list of batches, no
+    concatenation): host memory is the outputs themselves. With ``embedding_dtype`` (e.g.
+    ``torch.float16``), the ``embeddings`` output is cast to it batch by batch on the scoring device,
+    so its full-precision values never reach the host; other outputs keep the estimator's dtype.
+
+    Values whose rows are not finite are refused with the offending dataset ids, and so are
+    embeddings that overflow ``embedding_dtype``.
     """
     _check_provides(estimator, needs)
-    batches = trainer.predict(_Scorer(model, estimator, needs, inputs, targets), dataloaders=loader) or []
-    names = [*sorted(needs), *([TARGETS] if targets is not None else [])]
-    if not batches:
+    host = _HostOutputs()
+    _predict_quietly(
+        trainer, _Scorer(model, estimator, needs, inputs, targets, host=host, embedding_dtype=embedding_dtype), loader
+    )
+    if not host.count:
         return PoolOutputs(ids=torch.empty(0, dtype=torch.long))
-    ids = torch.cat([b["ids"] for b in batches])
-    values = {name: torch.cat([b[name] for b in batches]) for name in names}
-    _refuse_non_finite(ids, values)
-    return PoolOutputs(ids=ids, values=values)
+    values = host.result()
+    return PoolOutputs(ids=values.pop(_IDS), values=values)
 
 
 def stream_top_k(
@@ -192,11 +294,5 @@ def stream_top_k(
     """
     _check_provides(estimator, needs)
     top_k = RunningTopK(k)
-    with warnings.catch_warnings():  # predict_step returns nothing on purpose: the scores stay in top_k
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")
-        trainer.predict(
-            _Scorer(model, estimator, needs, inputs, None, scorer=scorer, top_k=top_k),
-            dataloaders=loader,
-            return_predictions=False,
-        )
+    _predict_quietly(trainer, _Scorer(model, estimator, needs, inputs, None, scorer=scorer, top_k=top_k), loader)
     return top_k

@@ -22,7 +22,10 @@ Both keep one running vector ``min_dist_N`` (squared distance to the nearest cen
 and update it once per pick at a cost of ``O(N * D)`` (k-center) or ``O(N * (D + C))`` (BADGE),
 using :math:`\lVert x - c \rVert^2 = \lVert x \rVert^2 - 2 x \cdot c + \lVert c \rVert^2` clamped
 at 0. Dot products run in the input's precision (float32 stays float32, float64 stays float64);
-squared norms and the combination are float64. Squared distances are used throughout: the
+half-precision inputs (float16, bfloat16) stay half precision in memory and their products run in
+float32 on row chunks of ``_CHUNK_ELEMENTS`` entries, so a pool held in half precision never gets a
+full float32 copy (the result equals that of upcasting the whole matrix first). Squared norms and
+the combination are float64. Squared distances are used throughout: the
 argmax is the same and k-means++ samples proportionally to the squared distance anyway.
 The formula cancels catastrophically for (near-)duplicates, so a squared distance at or below
 the rounding level ``tol * (‖x‖² + ‖c‖²)`` (``tol`` = 1e-5 for float32 products, 1e-12 for
@@ -71,15 +74,37 @@ def _check_mask(name: str, mask: Tensor, num_points: int) -> None:
 
 
 # ----- shared distance helpers --------------------------------------------------------------
-def _for_products(values: Tensor) -> Tensor:
-    """``values`` itself when float32/float64, else one float32 copy (half precision is upcast once, not per pick)."""
-    return values if values.dtype in (torch.float32, torch.float64) else values.to(torch.float32)
+def _product_dtype(values: Tensor) -> torch.dtype:
+    """The dtype products of ``values`` run in: its own for float32/float64, float32 for half precision."""
+    return values.dtype if values.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _chunk_rows(x_N_D: Tensor) -> int:
+    """Rows of ``x_N_D`` in one chunk of at most ``_CHUNK_ELEMENTS`` entries (at least one row)."""
+    return max(1, _CHUNK_ELEMENTS // max(x_N_D.shape[1], 1))
+
+
+def _dots_with_vector(x_N_D: Tensor, v_D: Tensor) -> Tensor:
+    """Float64 ``x_i · v`` for every row, the product in :func:`_product_dtype` of ``x_N_D``.
+
+    Float32/float64 ``x_N_D``: one matrix-vector product. Half precision: the same product on float32
+    row chunks (``_CHUNK_ELEMENTS`` entries each), so no float32 copy of the whole matrix exists.
+    """
+    dtype = _product_dtype(x_N_D)
+    v_D = v_D.to(dtype)
+    if x_N_D.dtype == dtype:
+        return (x_N_D @ v_D).to(torch.float64)
+    out_N = torch.empty(x_N_D.shape[0], dtype=torch.float64, device=x_N_D.device)
+    rows = _chunk_rows(x_N_D)
+    for start in range(0, x_N_D.shape[0], rows):
+        out_N[start : start + rows] = x_N_D[start : start + rows].to(dtype) @ v_D
+    return out_N
 
 
 def _squared_norms(name: str, x_N_D: Tensor) -> Tensor:
     """Float64 ``‖x_i‖²`` of every row, in row chunks; refuses NaN/inf (and squares that overflow)."""
-    num_points, dim = x_N_D.shape
-    rows = max(1, _CHUNK_ELEMENTS // max(dim, 1))
+    num_points = x_N_D.shape[0]
+    rows = _chunk_rows(x_N_D)
     out_N = torch.empty(num_points, dtype=torch.float64, device=x_N_D.device)
     for start in range(0, num_points, rows):
         chunk = x_N_D[start : start + rows].to(torch.float64)
@@ -92,7 +117,7 @@ def _squared_norms(name: str, x_N_D: Tensor) -> Tensor:
 
 def _row_mean(x_N_D: Tensor) -> Tensor:
     """Float64 mean of the rows, summed in row chunks (no float64 copy of the whole matrix)."""
-    rows = max(1, _CHUNK_ELEMENTS // max(x_N_D.shape[1], 1))
+    rows = _chunk_rows(x_N_D)
     total_D = torch.zeros(x_N_D.shape[1], dtype=torch.float64, device=x_N_D.device)
     for start in range(0, x_N_D.shape[0], rows):
         total_D += x_N_D[start : start + rows].to(torch.float64).sum(dim=0)
@@ -100,25 +125,30 @@ def _row_mean(x_N_D: Tensor) -> Tensor:
 
 
 def _min_sq_dist_to_rows(x_N_D: Tensor, sqnorm_N: Tensor, centre_idx_M: Tensor) -> Tensor:
-    r"""Float64 ``min_j ‖x_i - x_{c_j}‖²`` over the rows ``centre_idx_M`` of ``x_N_D`` (float32/64); ``+inf`` if none.
+    r"""Float64 ``min_j ‖x_i - x_{c_j}‖²`` over the rows ``centre_idx_M`` of ``x_N_D``; ``+inf`` if none.
 
     Blocks of at most ``_CHUNK_ELEMENTS`` (rows x centres) entries: memory beyond the inputs is
-    ``O(N)`` plus one block, whatever the number of centres.
+    ``O(N)`` plus one block, whatever the number of centres. Products run in :func:`_product_dtype`
+    (half-precision rows and centres are upcast block by block).
     """
     num_points = x_N_D.shape[0]
     num_centres = centre_idx_M.numel()
     min_N = torch.full((num_points,), math.inf, dtype=torch.float64, device=x_N_D.device)
     if num_centres == 0 or num_points == 0:
         return min_N
-    tol = _ROUNDING_TOL[x_N_D.dtype]
+    dtype = _product_dtype(x_N_D)
+    tol = _ROUNDING_TOL[dtype]
     cols = min(num_centres, max(1, math.isqrt(_CHUNK_ELEMENTS)))
     rows = max(1, _CHUNK_ELEMENTS // cols)
+    if x_N_D.dtype != dtype:  # the upcast centres and row block stay within one chunk as well
+        cols = min(cols, _chunk_rows(x_N_D))
+        rows = min(max(1, _CHUNK_ELEMENTS // cols), _chunk_rows(x_N_D))
     for c_start in range(0, num_centres, cols):
         idx = centre_idx_M[c_start : c_start + cols]
-        centres_m_D = x_N_D.index_select(0, idx)
+        centres_m_D = x_N_D.index_select(0, idx).to(dtype)
         centre_sq_m = sqnorm_N.index_select(0, idx)
         for r_start in range(0, num_points, rows):
-            dots_r_m = (x_N_D[r_start : r_start + rows] @ centres_m_D.T).to(torch.float64)
+            dots_r_m = (x_N_D[r_start : r_start + rows].to(dtype) @ centres_m_D.T).to(torch.float64)
             block_r_m = _from_dots(dots_r_m, sqnorm_N[r_start : r_start + rows, None], centre_sq_m[None, :], tol)
             block_r = block_r_m.amin(dim=1)
             torch.minimum(min_N[r_start : r_start + rows], block_r, out=min_N[r_start : r_start + rows])
@@ -127,8 +157,8 @@ def _min_sq_dist_to_rows(x_N_D: Tensor, sqnorm_N: Tensor, centre_idx_M: Tensor) 
 
 def _sq_dist_to_vector(x_N_D: Tensor, sqnorm_N: Tensor, centre_D: Tensor, centre_sq: Tensor) -> Tensor:
     """Float64 ``‖x_i - c‖²`` for every row (rounding level → 0); one matrix-vector product."""
-    dots_N = (x_N_D @ centre_D.to(x_N_D.dtype)).to(torch.float64)
-    return _from_dots(dots_N, sqnorm_N, centre_sq, _ROUNDING_TOL[x_N_D.dtype])
+    dots_N = _dots_with_vector(x_N_D, centre_D)
+    return _from_dots(dots_N, sqnorm_N, centre_sq, _ROUNDING_TOL[_product_dtype(x_N_D)])
 
 
 # ----- k-center greedy ----------------------------------------------------------------------
@@ -168,7 +198,6 @@ def kcenter_greedy(embeddings_N_D: Tensor, labelled_mask_N: Tensor, k: int) -> T
     if not 1 <= k <= num_unlabelled:
         raise ValueError(f"Expected `k` to be in [1, {num_unlabelled}] (the number of unlabelled points), but got {k}.")
     sqnorm_N = _squared_norms("embeddings_N_D", embeddings_N_D)
-    embeddings_N_D = _for_products(embeddings_N_D)
 
     available_N = ~labelled_N
     if num_unlabelled < num_points:
@@ -210,7 +239,7 @@ def covering_radius(embeddings_N_D: Tensor, centre_mask_N: Tensor) -> Tensor:
     if not centre_mask_N.any():
         raise ValueError("Expected `centre_mask_N` to mark at least one centre, but got none.")
     sqnorm_N = _squared_norms("embeddings_N_D", embeddings_N_D)
-    min_dist_N = _min_sq_dist_to_rows(_for_products(embeddings_N_D), sqnorm_N, centre_mask_N.nonzero().flatten())
+    min_dist_N = _min_sq_dist_to_rows(embeddings_N_D, sqnorm_N, centre_mask_N.nonzero().flatten())
     min_dist_N[centre_mask_N] = 0.0
     return min_dist_N.max().sqrt()
 
@@ -272,8 +301,7 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
     residual_sq_N = others_sq_N + (1.0 - top_N) ** 2
     grad_sq_N = residual_sq_N * emb_sq_N  # ‖g_i‖²
 
-    probs_N_C, embeddings_N_D = _for_products(probs_N_C), _for_products(embeddings_N_D)
-    tol = max(_ROUNDING_TOL[probs_N_C.dtype], _ROUNDING_TOL[embeddings_N_D.dtype])
+    tol = max(_ROUNDING_TOL[_product_dtype(probs_N_C)], _ROUNDING_TOL[_product_dtype(embeddings_N_D)])
     picks = torch.empty(k, dtype=torch.long, device=device)
     chosen_N = torch.zeros(num_points, dtype=torch.bool, device=device)
     min_dist_N = torch.full((num_points,), math.inf, dtype=torch.float64, device=device)
@@ -291,11 +319,11 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
             break
         # ⟨a_i, a_j⟩ = ⟨p_i, p_j⟩ - p_{i ŷ_j} - p_{j ŷ_i} + [ŷ_i = ŷ_j]
         p_j_C = probs_N_C[pick]
-        a_dot_N = (probs_N_C @ p_j_C).to(torch.float64)
+        a_dot_N = _dots_with_vector(probs_N_C, p_j_C)
         a_dot_N -= probs_N_C[:, pred_N[pick]].to(torch.float64)
         a_dot_N -= p_j_C.to(torch.float64)[pred_N]
         a_dot_N += (pred_N == pred_N[pick]).to(torch.float64)
-        h_dot_N = (embeddings_N_D @ embeddings_N_D[pick]).to(torch.float64)
+        h_dot_N = _dots_with_vector(embeddings_N_D, embeddings_N_D[pick])
         dist_N = _from_dots(a_dot_N.mul_(h_dot_N), grad_sq_N, grad_sq_N[pick], tol)
         torch.minimum(min_dist_N, dist_N, out=min_dist_N)
         min_dist_N[chosen_N] = 0.0
