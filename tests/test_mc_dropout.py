@@ -401,3 +401,57 @@ def test_reused_mask_memory_never_overwrites_a_tensor_the_model_kept():
     resumed.load_state_dict({"calls": 2})
     third = predict(estimator, model, x)["mc_probs"]
     torch.testing.assert_close(third, predict(resumed, model, x)["mc_probs"])
+
+
+class SequentialMLP(nn.Module):
+    """An ``nn.Sequential`` with Dropout → Linear pairs: after the first hidden layer and before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(5, 16),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(16, 12),
+            nn.ReLU(),
+            nn.Dropout(0.25),
+            nn.Linear(12, 4),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def rows_seen_by(layer: nn.Module, estimator: MCDropout, model: nn.Module, x: torch.Tensor) -> tuple[dict, list]:
+    rows = []
+    handle = layer.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        return predict(estimator, model, x), rows
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("max_rows", [None, 14])  # 14 rows over a batch of 6: groups of 2, 2, 1 passes
+def test_folded_linear_equals_masked_rows_and_separate_forwards(max_rows):
+    model, x = seeded(SequentialMLP()), torch.randn(6, 5)
+    folded = MCDropout(mc_samples=5, consistent_masks=True, seed=3, max_rows=max_rows)
+    out, rows = rows_seen_by(model.net[3], folded, model, x)
+    assert set(rows) == {6}  # the linear after the first dropout ran on the untiled batch only
+    unfolded = MCDropout(mc_samples=5, consistent_masks=True, seed=3, max_rows=max_rows, fold_linear=False)
+    reference, rows_unfolded = rows_seen_by(model.net[3], unfolded, model, x)
+    assert sum(rows_unfolded) == 5 * 6
+    torch.testing.assert_close(out["mc_probs"], reference["mc_probs"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["mc_probs"], reference_consistent(model, x, folded), rtol=1e-5, atol=1e-6)
+    assert (out["mc_probs"] - out["mc_probs"][:, :1]).abs().amax() > 1e-3
+
+
+def test_folding_needs_consistent_masks_and_a_linear_in_the_same_sequential():
+    model, x = seeded(SequentialMLP()), torch.randn(6, 5)
+    _, rows = rows_seen_by(model.net[3], MCDropout(mc_samples=5), model, x)
+    assert sum(rows) == 5 * 6  # independent masks differ per sample: no folding
+    mlp = seeded(MLP())  # dropout and linear called from forward, not consecutive in a Sequential
+    _, rows = rows_seen_by(mlp.middle, MCDropout(mc_samples=5, consistent_masks=True), mlp, x)
+    assert sum(rows) == 5 * 6
+    assert "fold_linear=True" in repr(MCDropout())
+    with pytest.raises(TypeError, match="`fold_linear`"):
+        MCDropout(fold_linear=1)
