@@ -22,7 +22,8 @@ class BatchBALD(Strategy):
     Args:
         mc_samples: stochastic passes ``T`` of the default :class:`MCDropout` estimator.
         num_samples: largest exact joint-configuration table; sampled configurations beyond it.
-        estimator: computes ``mc_probs`` of shape ``(N, T, C)``; defaults to ``MCDropout(mc_samples)``.
+        estimator: computes ``mc_probs`` of shape ``(N, T, C)``; defaults to
+            ``MCDropout(mc_samples, consistent_masks=True)`` (consistent MC dropout, as in the paper).
 
     ``select`` returns the picks in greedy order with, as scores, the acquisition value each
     pick adds (nats; the first is its BALD score).

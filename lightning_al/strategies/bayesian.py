@@ -26,10 +26,18 @@ from lightning_al.strategies.base import ScoreStrategy
 
 
 def mc_probs_estimator(mc_samples: int, estimator: Estimator | None) -> Estimator:
-    """``estimator`` after checking it provides ``mc_probs``, or ``MCDropout(mc_samples)`` when None."""
+    """``estimator`` after checking it provides ``mc_probs``, or the default MC dropout when None.
+
+    The default is ``MCDropout(mc_samples, consistent_masks=True)``: consistent MC dropout (Kirsch
+    et al. 2019), the same ``T`` dropout masks for every pool sample, so pass ``t`` is one sampled
+    model for the whole pool. BatchBALD's joint ``p(y_1..y_n) = mean_t prod_i p_t(y_i)`` needs it
+    (pass ``t`` must be the same model for every point of the batch); for one-sample scores it
+    changes no sample's distribution of ``T`` independent masks, compares samples under common
+    masks, and lets a dropout layer followed by a linear one be computed as one product.
+    """
     check_int("mc_samples", mc_samples, 1)
     if estimator is None:
-        return MCDropout(mc_samples)
+        return MCDropout(mc_samples, consistent_masks=True)
     if not isinstance(estimator, Estimator):
         raise TypeError(
             f"Expected `estimator` to be a lightning_al Estimator or None, but got {type(estimator).__name__}."
@@ -43,7 +51,8 @@ def mc_probs_estimator(mc_samples: int, estimator: Estimator | None) -> Estimato
 
 
 class _MCProbsStrategy(ScoreStrategy):
-    """Scores ``mc_probs`` with one kernel; the estimator defaults to ``MCDropout(mc_samples)``.
+    """Scores ``mc_probs`` with one kernel; the estimator defaults to consistent MC dropout (see
+    :func:`mc_probs_estimator`).
 
     Args:
         mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
