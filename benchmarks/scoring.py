@@ -16,9 +16,9 @@ Methods:
 - **floor**: ``model(x)`` for every batch of the pool dataloader, in eval mode under
   ``torch.inference_mode`` (the physical floor: read the pool once, one forward);
 - **forward only**: the same forward on batches already in memory (no dataloader), for reference;
-- **Entropy**, **BALD** (``T`` MC-dropout passes, dropout in the head only, with fresh or consistent
-  masks, or after every hidden layer) and **BADGE** (probabilities, embeddings and the k-means++
-  selection), each through the loop's own scoring-and-selection step
+- **Entropy**, **BALD** (``T`` MC-dropout passes: dropout in the head only, with consistent masks (the
+  default) or fresh masks per sample; or dropout after every hidden layer) and **BADGE** (probabilities,
+  embeddings and the k-means++ selection), each through the loop's own scoring-and-selection step
   (``ActiveLearningLoop._score_and_select``), selection included.
 
 Each method runs ``--repeats`` times, the methods taking turns, and the fastest run counts (the
@@ -179,15 +179,15 @@ def measure(
                 model(batch)
 
     entropy = scoring_step(al.strategies.Entropy(), k)
-    bald_head = scoring_step(al.strategies.BALD(mc_samples=T), k)
-    bald_consistent = scoring_step(al.strategies.BALD(estimator=MCDropout(T, consistent_masks=True)), k)
+    bald_head = scoring_step(al.strategies.BALD(mc_samples=T), k)  # consistent masks, the default
+    bald_independent = scoring_step(al.strategies.BALD(estimator=MCDropout(T, consistent_masks=False)), k)
     badge = scoring_step(al.strategies.BADGE(), k)
     methods: dict[str, Callable[[], Any]] = {
         FLOOR: lambda: plain_forward(model, dm),
         "forward only (batches in memory)": forward_only,
         "Entropy": lambda: entropy(model, dm),
         f"BALD, head-only dropout (T={T})": lambda: bald_head(model, dm),
-        f"BALD, head-only, consistent masks (T={T})": lambda: bald_consistent(model, dm),
+        f"BALD, head-only, independent masks (T={T})": lambda: bald_independent(model, dm),
         f"BADGE (k={k})": lambda: badge(model, dm),
     }
     if everywhere and model_kind == "mlp":
