@@ -178,7 +178,7 @@ def test_independent_masks_are_seeded_fresh_per_call_and_resumable():
     first = MCDropout(mc_samples=5, seed=2)
     call0, call1 = predict(first, model, x)["mc_probs"], predict(first, model, x)["mc_probs"]
     assert (call0 - call1).abs().amax() > 1e-3  # a new call draws new masks
-    assert first.state_dict() == {"calls": 2}
+    assert first.state_dict() == {"calls": 2, "fits": 0}
     resumed = MCDropout(mc_samples=5, seed=2)
     torch.testing.assert_close(predict(resumed, model, x)["mc_probs"], call0)
     resumed.load_state_dict({"calls": 1})
@@ -455,3 +455,24 @@ def test_folding_needs_consistent_masks_and_a_linear_in_the_same_sequential():
     assert "fold_linear=True" in repr(MCDropout())
     with pytest.raises(TypeError, match="`fold_linear`"):
         MCDropout(fold_linear=1)
+
+
+def test_consistent_masks_are_drawn_afresh_after_each_fit_and_kept_in_the_state():
+    model, x = seeded(SequentialMLP()), torch.randn(6, 5)
+    estimator = MCDropout(mc_samples=5, consistent_masks=True, seed=3)
+    first = predict(estimator, model, x)["mc_probs"]
+    torch.testing.assert_close(predict(estimator, model, x)["mc_probs"], first)  # same masks until a fit
+    before = estimator.consistent_mask("net.2", 0.5, (16,)).clone()
+    estimator.fit(model, train=None)
+    assert estimator.state_dict() == {"calls": 2, "fits": 1}
+    assert not torch.equal(estimator.consistent_mask("net.2", 0.5, (16,)), before)
+    second = predict(estimator, model, x)["mc_probs"]
+    assert (second - first).abs().amax() > 1e-3
+    resumed = MCDropout(mc_samples=5, consistent_masks=True, seed=3)
+    resumed.load_state_dict({"calls": 3, "fits": 1})
+    torch.testing.assert_close(predict(resumed, model, x)["mc_probs"], second)
+    resumed.load_state_dict({"calls": 0})  # a state saved before fits were counted
+    assert resumed.fits == 0
+    torch.testing.assert_close(predict(resumed, model, x)["mc_probs"], first)
+    with pytest.raises(ValueError, match=r"state\['fits'\]"):
+        resumed.load_state_dict({"calls": 0, "fits": -1})

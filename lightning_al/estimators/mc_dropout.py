@@ -32,8 +32,9 @@ layer, held by the estimator) when no other tensor still uses it: a fresh alloca
 costs more than the masking itself on CPU. The masks come from the estimator's own generator,
 seeded by ``(seed, call number)``, so scoring is reproducible. Alpha dropout layers keep their own sampling. With
 ``consistent_masks=True`` (consistent MC dropout, Kirsch et al. 2019) the ``T`` masks of each
-layer (``uniform >= p``, so ``q = 1 - p``) are drawn once from ``seed`` per layer and feature
-shape and reused for every batch, so pass ``t`` of every pool sample runs the same sub-network.
+layer (``uniform >= p``, so ``q = 1 - p``) are drawn from ``seed`` per layer and feature shape
+and reused for every batch, so pass ``t`` of every pool sample runs the same sub-network; they
+are drawn afresh after every fit of the model (each round), as the paper's masks are per acquisition.
 
 References: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation: Representing Model
 Uncertainty in Deep Learning"; Gal, Islam & Ghahramani 2017, "Deep Bayesian Active Learning
@@ -52,6 +53,7 @@ import zlib
 from collections import OrderedDict
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -320,11 +322,13 @@ class MCDropout(Estimator):
 
     Args:
         mc_samples: number of stochastic passes ``T``.
-        consistent_masks: draw the ``T`` masks of each dropout layer once (from ``seed``) and reuse
-            them for every batch of the pool, so pass ``t`` is the same sub-network for every sample
-            (Kirsch et al. 2019). Supports ``nn.Dropout`` and ``nn.Dropout1d/2d/3d``.
-        seed: seeds the masks: the consistent ones, or (independent masks) those of call ``n`` of
-            :meth:`predict` with ``(seed, n)``; ``n`` is kept in :meth:`state_dict`.
+        consistent_masks: draw the ``T`` masks of each dropout layer once per round (from ``seed`` and
+            the number of fits so far, see :meth:`fit`) and reuse them for every batch of the pool, so
+            pass ``t`` is the same sub-network for every sample (Kirsch et al. 2019). Supports
+            ``nn.Dropout`` and ``nn.Dropout1d/2d/3d``.
+        seed: seeds the masks: the consistent ones with ``(seed, fits)``, or (independent masks)
+            those of call ``n`` of :meth:`predict` with ``(seed, n)``; both counts are kept in
+            :meth:`state_dict`.
         cache_prefix: compute the part before the first dropout once per batch; False always tiles
             the whole input (one forward on ``T * B`` rows).
         max_rows: most rows one forward may process (``T * B`` is split into groups of passes above
@@ -366,17 +370,27 @@ class MCDropout(Estimator):
         self.cache_prefix, self.max_rows = cache_prefix, max_rows
         self.fold_linear = fold_linear
         self.calls = 0  # predict calls so far: call n draws independent masks from (seed, n)
+        self.fits = 0  # model fits seen: consistent masks are drawn from (seed, fits, layer)
         self._reset_runtime_state()
 
     # ----- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls}
+        return {"calls": self.calls, "fits": self.fits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        calls = state.get("calls", 0) if isinstance(state, dict) else state
-        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
-            raise ValueError(f"Expected `state['calls']` to be an int >= 0, but got {calls!r}.")
-        self.calls = calls
+        counts = state if isinstance(state, dict) else {"calls": state}
+        for name in ("calls", "fits"):
+            value = counts.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Expected `state[{name!r}]` to be an int >= 0, but got {value!r}.")
+        self.calls, self.fits = counts.get("calls", 0), counts.get("fits", 0)
+        self._masks.clear()
+
+    def fit(self, model: pl.LightningModule, train: Any) -> None:
+        """After each fit of the model (each round), consistent masks are drawn afresh."""
+        del model, train
+        self.fits += 1
+        self._masks.clear()
 
     def _reset_runtime_state(self) -> None:
         # Caches only (not pickled): which models need the full tile, and the consistent masks.
@@ -405,12 +419,13 @@ class MCDropout(Estimator):
         """Keep-mask ``BoolTensor[T, *feature_shape]`` of the dropout layer ``name`` (its qualified module name).
 
         ``mask[t] = u_t >= p`` with ``u_t ~ Uniform[0, 1)`` from a CPU generator seeded by
-        ``(seed, name, feature_shape)``: the same for every batch, call and device.
+        ``(seed, fits, name, feature_shape)``: the same for every batch and device between two fits of
+        the model, drawn afresh after each (:meth:`fit`), so each round scores under new masks.
         """
         key = ("uniform", name, tuple(feature_shape))
         if key not in self._masks:
             where = zlib.crc32(f"{name}|{tuple(feature_shape)}".encode())
-            generator = torch.Generator().manual_seed(_mix(self.seed, where))
+            generator = torch.Generator().manual_seed(_mix(self.seed, self.fits, where))
             self._remember(key, torch.rand((self.mc_samples, *feature_shape), generator=generator))
         self._masks.move_to_end(key)
         return self._masks[key] >= p
