@@ -60,8 +60,8 @@ def run_dir_name(arm: str, seed: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', arm).strip('-')}_seed{seed}"
 
 
-def run_arm(setting: Setting, arm_name: str, seed: int, run_dir: Path, progress: Any = None) -> list[dict]:
-    """Run (or resume, or read back) one arm's protocol with one seed; return its history."""
+def prepare_run(setting: Setting, arm_name: str, seed: int) -> tuple[al.ActiveDataModule, pl.LightningModule, dict]:
+    """This process set to one quiet thread, then one arm's datamodule, seeded model and loop arguments."""
     torch.set_num_threads(1)
     for message in _QUIET:
         warnings.filterwarnings("ignore", message=message)
@@ -77,15 +77,21 @@ def run_arm(setting: Setting, arm_name: str, seed: int, run_dir: Path, progress:
     )
     pl.seed_everything(seed, verbose=False)
     model = arm.model()
-    loop = al.ActiveLearningLoop(
+    loop_kwargs = dict(
         strategy=arm.strategy(),
         query_size=setting.query_size,
         rounds=setting.rounds,
         trainer_kwargs=dict(max_epochs=setting.epochs, accelerator="cpu", callbacks=arm.callbacks()),
         seed=seed,
-        output_dir=str(run_dir),
         progress=False,
     )
+    return datamodule, model, loop_kwargs
+
+
+def run_arm(setting: Setting, arm_name: str, seed: int, run_dir: Path, progress: Any = None) -> list[dict]:
+    """Run (or resume, or read back) one arm's protocol with one seed; return its history."""
+    datamodule, model, loop_kwargs = prepare_run(setting, arm_name, seed)
+    loop = al.ActiveLearningLoop(**loop_kwargs, output_dir=str(run_dir))
     on_round_end = (lambda row: progress.put(1)) if progress is not None else None
     return loop.run(model, datamodule, on_round_end=on_round_end, resume=True)
 

@@ -25,7 +25,6 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from torch import Tensor
 
 import lightning_al as al
 from benchmarks.arms import ARMS
-from benchmarks.learning_curves import _QUIET
+from benchmarks.learning_curves import prepare_run
 from benchmarks.settings import SETTINGS, Setting
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Softmax
@@ -189,29 +188,8 @@ class ScoreQualityLoop(al.ActiveLearningLoop):
 
 def measure_arm(setting: Setting, arm_name: str, seed: int, rounds: int) -> list[dict[str, Any]]:
     """Run ``rounds`` queries of ``setting``'s protocol with one arm and seed; one diagnostic row per query."""
-    torch.set_num_threads(1)
-    for message in _QUIET:
-        warnings.filterwarnings("ignore", message=message)
-    arm = ARMS[arm_name]
-    pool, test = setting.data()
-    datamodule = al.ActiveDataModule(
-        pool,
-        test_set=test,
-        initial_labelled=setting.initial,
-        batch_size=setting.batch_size,
-        min_steps_per_epoch=setting.min_steps_per_epoch,
-        seed=seed,
-    )
-    pl.seed_everything(seed, verbose=False)
-    model = arm.model()
-    loop = ScoreQualityLoop(
-        strategy=arm.strategy(),
-        query_size=setting.query_size,
-        rounds=rounds,
-        trainer_kwargs=dict(max_epochs=setting.epochs, accelerator="cpu", callbacks=arm.callbacks()),
-        seed=seed,
-        progress=False,
-    )
+    datamodule, model, loop_kwargs = prepare_run(setting, arm_name, seed)
+    loop = ScoreQualityLoop(**{**loop_kwargs, "rounds": rounds})
     loop.run(model, datamodule)
     return [{"arm": arm_name, "seed": seed, **row} for row in loop.diagnostics]
 

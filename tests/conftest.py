@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -52,3 +57,16 @@ def tiny_data() -> tuple[TensorDataset, TensorDataset]:
 FAST_TRAINER = dict(max_epochs=3, accelerator="cpu")
 # Trainer arguments for fits run directly in tests: no logs, checkpoints, bars or summaries.
 QUIET_TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def run_ranks(script: str, out_dir: Path, devices: int = 2) -> list[dict]:
+    """Run ``tests/scripts/<script> OUT_DIR DEVICES`` in a subprocess (Lightning launches the ranks): their JSON."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "scripts" / script), str(out_dir), str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(devices)]

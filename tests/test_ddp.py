@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from conftest import run_ranks
 
 from lightning_al import distributed
 from lightning_al.outputs import PoolOutputs
@@ -38,15 +37,7 @@ def test_unique_by_id_drops_sampler_padding() -> None:
 
 
 def test_two_process_ddp_selects_as_one_process(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "ddp_run.py"), str(tmp_path), "2"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=Path(__file__).parents[1],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_ranks("ddp_run.py", tmp_path)
     assert ranks[0]["world_size"] == 2 and ranks[0] == ranks[1]  # every rank labels the same ids
 
     import ddp_run

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from conftest import run_ranks
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -29,15 +28,7 @@ def _reference_counts(num_classes: int = 3) -> torch.Tensor:
 
 
 def test_two_process_counts_equal_one_process(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "dispersion_ddp_run.py"), str(tmp_path), "2"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=Path(__file__).parents[1],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_ranks("dispersion_ddp_run.py", tmp_path)
     assert [rank["world_size"] for rank in ranks] == [2, 2]
 
     import dispersion_ddp_run as script
