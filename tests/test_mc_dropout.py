@@ -12,7 +12,8 @@ import torch
 from conftest import TinyClassifier
 from torch import nn
 
-from lightning_al.estimators.mc_dropout import KEEP_BITS, MCDropout, dropout_layers, keep_numerator, scaled_keep_mask
+from lightning_al.estimators.dropout_masks import KEEP_BITS, keep_numerator, scaled_keep_mask
+from lightning_al.estimators.mc_dropout import MCDropout, dropout_layers
 
 
 class MLP(nn.Module):

@@ -44,7 +44,6 @@ Acquisition for Deep Bayesian Active Learning".
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import warnings
@@ -59,6 +58,7 @@ from torch import Tensor, nn
 
 from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator
+from lightning_al.estimators.dropout_masks import scaled_keep_mask
 from lightning_al.outputs import MC_PROBS, PROBS
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -67,7 +67,6 @@ _ALPHA_DROPOUT_TYPES = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _MASK_CACHE_SIZE = 32  # consistent-mask entries kept; variable feature shapes evict the oldest
 _MASK64 = (1 << 64) - 1
-KEEP_BITS = 16  # resolution of the sampled keep probability: multiples of 2**-16
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -140,58 +139,6 @@ def _mask_features(module: nn.Module, x: Tensor) -> tuple[int, ...]:
 
 def _inverted_scale(p: float) -> float:
     return 0.0 if p >= 1 else 1.0 / (1.0 - p)
-
-
-def keep_numerator(p: float) -> int:
-    """``round((1 - p) * 2**KEEP_BITS)``: the sampled keep probability is this over ``2**KEEP_BITS``."""
-    return min(max(round((1.0 - p) * (1 << KEEP_BITS)), 0), 1 << KEEP_BITS)
-
-
-def scaled_keep_mask(
-    shape: tuple[int, ...],
-    p: float,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-    device: torch.device,
-    workspace: Tensor | None = None,
-) -> Tensor:
-    """``keep / q`` of shape ``shape`` with i.i.d. ``keep ~ Bernoulli(q)``, ``q = keep_numerator(p) / 2**16``.
-
-    ``q`` is ``1 - p`` to within ``2**-17`` (exactly for p = 0.5, 0.25, ...), and the scale ``1 / q`` uses the
-    sampled ``q``, so ``E[keep / q] = 1`` exactly. Random 64-bit words are combined bitwise from the lowest
-    set bit ``b_i`` of ``q = sum_i b_i 2**(i - 16)`` upwards: ``bits <- r | bits`` where ``b_i = 1``, else
-    ``r & bits``, which makes every bit 1 with probability ``q`` (one word per 64 elements per binary digit of
-    ``q``: a single word for p = 0.5). The bits are then read out 8 at a time from a ``(256, 8)`` table,
-    into ``workspace`` (a flat tensor of ``64 * ceil(numel / 64)`` elements of ``dtype``) when given.
-    """
-    numerator, numel = keep_numerator(p), math.prod(shape)
-    if numerator in (0, 1 << KEEP_BITS):
-        return torch.full(shape, float(numerator > 0), dtype=dtype, device=device)
-    words = -(-numel // 64)
-    bits_W = None
-    lowest = (numerator & -numerator).bit_length() - 1
-    for digit in range(lowest, KEEP_BITS):
-        random_W = torch.empty(words, dtype=torch.int64, device=device).random_(-(1 << 63), None, generator=generator)
-        if bits_W is None:
-            bits_W = random_W
-        elif (numerator >> digit) & 1:
-            bits_W = random_W.bitwise_or_(bits_W)
-        else:
-            bits_W = random_W.bitwise_and_(bits_W)
-    table_256_8 = _scaled_bit_table(numerator, dtype, device)
-    indices = bits_W.view(torch.uint8).int()
-    if workspace is None:
-        scaled = table_256_8.index_select(0, indices)  # (8 * words, 8)
-    else:
-        scaled = torch.index_select(table_256_8, 0, indices, out=workspace.view(8 * words, 8))
-    return scaled.view(-1)[:numel].view(shape)
-
-
-@functools.lru_cache(maxsize=16)
-def _scaled_bit_table(numerator: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``table[v, j] = bit j of v, times 2**KEEP_BITS / numerator``: shape ``(256, 8)``."""
-    bits_256_8 = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-    return (bits_256_8.double() * ((1 << KEEP_BITS) / numerator)).to(device=device, dtype=dtype)
 
 
 def _only_holder(tensor: Tensor) -> bool:
