@@ -85,30 +85,32 @@ class RunningTopK:
         return self.ids, self.scores if self.scores is not None else torch.empty(0)
 
 
+def _non_finite_ids(ids: Tensor, value_B: Tensor) -> str | None:
+    """The dataset ids (first 10) of rows of ``value_B`` holding NaN or inf, as text; None if every row is finite."""
+    bad = ~torch.isfinite(value_B.reshape(value_B.shape[0], -1)).all(dim=1)
+    if not bad.any():
+        return None
+    bad = bad.cpu()
+    return f"{ids.cpu()[bad][:10].tolist()}{' and more' if int(bad.sum()) > 10 else ''}"
+
+
 def _refuse_non_finite(ids: Tensor, values: dict[str, Tensor]) -> None:
     """Refuse values whose rows are not finite, naming the offending dataset ids."""
     for name, value in values.items():
-        if value.is_floating_point():
-            bad = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
-            if bad.any():
-                bad = bad.cpu()
-                raise ValueError(
-                    f"Expected finite model outputs, but {name!r} is NaN or inf for dataset ids "
-                    f"{ids.cpu()[bad][:10].tolist()}{' and more' if int(bad.sum()) > 10 else ''}."
-                )
+        bad_ids = _non_finite_ids(ids, value) if value.is_floating_point() else None
+        if bad_ids is not None:
+            raise ValueError(f"Expected finite model outputs, but {name!r} is NaN or inf for dataset ids {bad_ids}.")
 
 
 def _cast_embeddings(ids: Tensor, embeddings_B_D: Tensor, dtype: torch.dtype) -> Tensor:
     """``embeddings_B_D`` in ``dtype``, refusing rows whose finite values overflow its range."""
     cast_B_D = embeddings_B_D.to(dtype)
-    overflow = ~torch.isfinite(cast_B_D.reshape(cast_B_D.shape[0], -1)).all(dim=1)
-    if overflow.any():
-        overflow = overflow.cpu()
+    bad_ids = _non_finite_ids(ids, cast_B_D)
+    if bad_ids is not None:
         raise ValueError(
             f"Expected the embeddings to fit in `embedding_dtype` {str(dtype).removeprefix('torch.')} "
             f"(largest magnitude {torch.finfo(dtype).max:.6g}), but they overflow it for dataset ids "
-            f"{ids.cpu()[overflow][:10].tolist()}{' and more' if int(overflow.sum()) > 10 else ''}. "
-            "Use 'bfloat16' or 'float32'."
+            f"{bad_ids}. Use 'bfloat16' or 'float32'."
         )
     return cast_B_D
 
