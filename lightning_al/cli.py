@@ -31,6 +31,7 @@ from jsonargparse import ActionYesNo
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_al import distributed
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.run_state import STATE_FILE
@@ -151,6 +152,7 @@ def main(args: ArgsType = None) -> None:
     # Lightning 2.6 trips a torch pytree deprecation on every fit; it says nothing about the run.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     ActiveLearningCLI(args=args).run()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

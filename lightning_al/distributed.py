@@ -105,3 +105,15 @@ def broadcast_from_rank_zero(obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shutdown() -> None:
+    """Wait for every rank, then destroy the default process group (nothing without one).
+
+    Call it once per process at the end of a multi-process script. A gloo process group still
+    alive at interpreter exit can abort the process (``terminate called without an active
+    exception``), and a rank that leaves early can stall the others.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -26,6 +26,15 @@ def test_helpers_are_the_identity_on_one_process() -> None:
     assert top_ids.tolist() == [5, 3] and top_scores.tolist() == [0.9, 0.5]
 
 
+def test_shutdown_destroys_the_process_group(tmp_path: Path) -> None:
+    distributed.shutdown()  # no process group: nothing to do
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    distributed.shutdown()
+    assert not torch.distributed.is_initialized()
+    assert distributed.rank_and_world() == (0, 1)
+
+
 def test_unique_by_id_drops_sampler_padding() -> None:
     # DistributedSampler over ids [10, 11, 12, 13, 14] on 2 ranks pads with id 10: rank 0 gets 10, 12, 14
     # and rank 1 gets 11, 13 and the copy of 10 (whose value differs, as a fresh MC-dropout pass would).

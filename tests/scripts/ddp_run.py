@@ -77,3 +77,4 @@ if __name__ == "__main__":
     results = run_all(devices)
     rank = distributed.rank_and_world()[0]
     (output_dir / f"rank{rank}.json").write_text(json.dumps(results))
+    distributed.shutdown()

@@ -86,3 +86,4 @@ if __name__ == "__main__":
     output_dir, devices = Path(sys.argv[1]), int(sys.argv[2])
     results = run(devices)
     (output_dir / f"rank{distributed.rank_and_world()[0]}.json").write_text(json.dumps(results))
+    distributed.shutdown()
