@@ -44,6 +44,14 @@ def test_ceal_pseudo_labels_the_confident_and_queries_the_uncertain():
     assert clone.rounds_selected == 3
 
 
+def test_defaults_are_the_papers_threshold_and_decay():
+    strategy = CEAL()  # Wang et al. 2016: delta_0 = 0.005, dr = 0.00033
+    assert (strategy.threshold, strategy.decay) == (0.005, 0.00033)
+    assert isinstance(strategy.base, Entropy)
+    strategy.rounds_selected = 10
+    assert strategy.current_threshold() == pytest.approx(0.005 - 0.0033)
+
+
 def test_pseudo_labels_never_leak_into_the_labelled_set(tiny_data):
     dm = al.ActiveDataModule(tiny_data[0], initial_labelled=12, batch_size=8, seed=0)
     initial = set(dm.labelled_ids.tolist())
