@@ -18,6 +18,7 @@ identity, so single-process runs take exactly the same code path.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import torch
@@ -105,6 +106,33 @@ def broadcast_from_rank_zero(obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@torch.no_grad()
+def average_gradients(parameters: Iterable[Tensor]) -> None:
+    r"""Replace each parameter's gradient by its mean over the ranks: :math:`g \leftarrow \frac{1}{W}\sum_r g_r`.
+
+    For modules trained beside the Lightning model with their own optimiser (a loss-prediction head,
+    a discriminator), which DDP does not wrap: averaged before every step from identical initial
+    weights, they stay identical on every rank. A rank without a gradient for a parameter counts
+    as zero, as in DDP; a parameter no rank has a gradient for keeps ``None``. One all-reduce of
+    one flat buffer; nothing on one rank.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    params = list(parameters)
+    if not params:
+        return
+    flags = torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype, device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params] + [flags])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for param, present in zip(params, flat[-len(params) :].tolist(), strict=True):
+        mean = flat[offset : offset + param.numel()].view_as(param).div_(world)
+        offset += param.numel()
+        if present:
+            param.grad = mean.to(param.dtype, copy=True) if param.grad is None else param.grad.copy_(mean)
 
 
 def shutdown() -> None:

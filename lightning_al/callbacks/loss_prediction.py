@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
@@ -293,6 +294,8 @@ class LossPredictionCallback(RestoresTrainingStep):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if self.head is not None:  # DDP does not wrap the head: its gradients are averaged here
+            distributed.average_gradients(self.head.parameters())
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.callbacks.loss_prediction import check_layers, tap_features
 from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
@@ -303,6 +304,7 @@ class MALCallback(RestoresTrainingStep):
             loss = discriminator_loss(self.discriminator, labelled_B_D, unlabelled_B_D)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.discriminator.parameters())
             self.optimizer.step()
         self.discriminator_losses.append(float(loss.detach()))
         pl_module.log(

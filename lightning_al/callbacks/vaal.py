@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.data.unlabelled import UnlabelledBatches
 
@@ -281,6 +282,7 @@ class VAALCallback(pl.Callback):
                 )
                 self.vae_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(self.vae.parameters())
                 self.vae_optimizer.step()
             disc = None
             for step in range(self.discriminator_steps):
@@ -289,6 +291,7 @@ class VAALCallback(pl.Callback):
                 disc = discriminator_loss(self.vae, self.discriminator, labelled, unlabelled)
                 self.discriminator_optimizer.zero_grad(set_to_none=True)
                 disc.backward()
+                distributed.average_gradients(self.discriminator.parameters())
                 self.discriminator_optimizer.step()
         self.discriminator.zero_grad(set_to_none=True)  # the VAE's adversarial term left gradients here
         self.vae_losses.append(float(loss.detach()))

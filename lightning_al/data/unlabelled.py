@@ -6,13 +6,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from lightning_al import distributed
 from lightning_al.data.batches import move_indexed_batch
 
 
 class UnlabelledBatches:
-    """Endless batches of model inputs from the unlabelled pool, reshuffled each pass with their own generator."""
+    """Endless batches of model inputs from the unlabelled pool, reshuffled each pass with their own generator.
+
+    Under DDP, rank ``r`` of ``W`` draws from the pool positions ``r, r + W, ...`` only, so the ranks
+    contribute different unlabelled samples to each averaged step (the whole pool when it has fewer
+    than ``W`` samples).
+    """
 
     def __init__(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
@@ -31,8 +37,12 @@ class UnlabelledBatches:
             pool = dm.pool_dataloader()
             if len(pool.dataset) == 0:
                 return None
+            rank, world = distributed.rank_and_world()
+            dataset = pool.dataset
+            if world > 1 and len(dataset) >= world:
+                dataset = Subset(dataset, range(rank, len(dataset), world))
             self._loader = DataLoader(
-                pool.dataset,
+                dataset,
                 batch_size=batch_size,
                 shuffle=True,
                 generator=self.generator,  # shuffles and worker seeds leave the global RNG alone
