@@ -171,7 +171,8 @@ class LossPredictionCallback(RestoresTrainingStep):
         self.optimizer: torch.optim.Optimizer | None = None
         self.epoch_losses: list[float] = []
         self._pending_optimizer_state: dict[str, Any] | None = None
-        self._restored = False
+        self._restored = False  # a state saved during a fit was loaded: the next fit start keeps it
+        self._in_fit = False
         self._patch = TrainingStepPatch()
         self._handles: list[Any] = []
         self._captured: dict[str, Tensor] = {}
@@ -215,7 +216,7 @@ class LossPredictionCallback(RestoresTrainingStep):
         modules = check_layers(pl_module, [*self.layers, self.logits_layer])
         if self.reset_each_fit and not self._restored:
             self.head, self.optimizer = None, None
-        self._restored = False
+        self._restored, self._in_fit = False, True
         if self.head is not None:
             self.head.to(pl_module.device)
             if self.optimizer is not None:  # moves the optimiser's state to the parameters' device
@@ -310,7 +311,7 @@ class LossPredictionCallback(RestoresTrainingStep):
             handle.remove()
         self._handles = []
         self._patch.restore()
-        self._capturing = False
+        self._capturing, self._in_fit = False, False
 
     # ----- prediction and state -----------------------------------------------------------
     def predict_loss(self, model: nn.Module, inputs: Any) -> Tensor:
@@ -328,8 +329,9 @@ class LossPredictionCallback(RestoresTrainingStep):
 
     def state_dict(self) -> dict[str, Any]:
         if self.head is None:
-            return {"in_dims": None, "head": None, "optimizer": None}
+            return {"in_dims": None, "head": None, "optimizer": None, "in_fit": self._in_fit}
         return {
+            "in_fit": self._in_fit,
             "in_dims": list(self.head.in_dims),
             "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -344,4 +346,6 @@ class LossPredictionCallback(RestoresTrainingStep):
         self._build_head(list(state_dict["in_dims"]), device)
         assert self.head is not None
         self.head.load_state_dict(state_dict["head"])
-        self._restored = True
+        # saved during a fit (a Lightning checkpoint): the resumed fit keeps the head; saved between fits (the
+        # loop's state): the next fit starts afresh, as it would have without the interruption
+        self._restored = bool(state_dict.get("in_fit", True))

@@ -211,6 +211,8 @@ class VAALCallback(pl.Callback):
         self.discriminator_losses: list[float] = []
         self._noise: torch.Generator | None = None
         self._unlabelled = UnlabelledBatches(seed)
+        self._restored = False  # a state saved during a fit was loaded: the next fit start keeps it
+        self._in_fit = False
 
     @property
     def state_key(self) -> str:
@@ -250,10 +252,18 @@ class VAALCallback(pl.Callback):
                 "Expected the Trainer's datamodule to be an ActiveDataModule (with `pool_dataloader` and "
                 f"`inputs`), but got {type(dm).__name__}."
             )
-        if self.reset_each_fit:
-            self.vae = self.discriminator = None
-        self.vae_losses, self.reconstruction_losses, self.discriminator_losses = [], [], []
+        if not self._restored:  # a fresh fit; a resumed one keeps the loaded state
+            if self.reset_each_fit:
+                self.vae = self.discriminator = None
+            self.vae_losses, self.reconstruction_losses, self.discriminator_losses = [], [], []
         self._unlabelled.restart()
+        self._restored, self._in_fit = False, True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._in_fit = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._in_fit = False
 
     def _next_unlabelled(self, trainer: pl.Trainer, batch_size: int, device: torch.device) -> Tensor | None:
         return self._unlabelled.next(trainer.datamodule, batch_size, device)
@@ -309,6 +319,7 @@ class VAALCallback(pl.Callback):
             "reconstruction_losses": list(self.reconstruction_losses),
             "discriminator_losses": list(self.discriminator_losses),
             "shuffle": self._unlabelled.generator.get_state(),
+            "in_fit": self._in_fit,
         }
         if self.vae is not None:
             state.update(
@@ -323,6 +334,9 @@ class VAALCallback(pl.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # saved during a fit (a Lightning checkpoint): the resumed fit keeps the modules; saved between fits
+        # (the loop's state): the next fit starts afresh, as it would have without the interruption
+        self._restored = bool(state_dict.get("in_fit", False))
         self.vae_losses = list(state_dict["vae_losses"])
         self.reconstruction_losses = list(state_dict["reconstruction_losses"])
         self.discriminator_losses = list(state_dict["discriminator_losses"])
