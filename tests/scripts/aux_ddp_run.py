@@ -41,6 +41,15 @@ def flat(module: nn.Module) -> list[float]:
     return torch.cat([p.detach().flatten().double().cpu() for p in module.parameters()]).tolist()
 
 
+def trained(callback: pl.Callback) -> tuple[list[nn.Module], list[float]]:
+    """The modules ``callback`` trains beside the model, and the losses it recorded while training them."""
+    if isinstance(callback, LossPredictionCallback):
+        return [callback.head], callback.epoch_losses
+    if isinstance(callback, VAALCallback):
+        return [callback.vae, callback.discriminator], callback.discriminator_losses
+    return [callback.discriminator], callback.discriminator_losses
+
+
 def run(devices: int) -> dict[str, Any]:
     trainer_kwargs: dict[str, Any] = dict(max_epochs=2, accelerator="cpu", devices=devices, **QUIET_TRAINER)
     if devices > 1:
@@ -58,14 +67,8 @@ def run(devices: int) -> dict[str, Any]:
         model, callback = model_class(), make_callback()
         dm = al.ActiveDataModule(blobs(80), initial_labelled=40, batch_size=8, eval_batch_size=16, seed=0)
         pl.Trainer(callbacks=[callback], **trainer_kwargs).fit(model, datamodule=dm)
-        modules = {
-            "loss_prediction": lambda c: [c.head],
-            "loss_prediction_own": lambda c: [c.head],
-            "vaal": lambda c: [c.vae, c.discriminator],
-            "mal": lambda c: [c.discriminator],
-        }[name](callback)
-        steps = len(getattr(callback, "discriminator_losses", None) or getattr(callback, "epoch_losses", []))
-        results[name] = {"aux": [flat(m) for m in modules], "model": flat(model), "steps": steps}
+        modules, losses = trained(callback)
+        results[name] = {"aux": [flat(m) for m in modules], "model": flat(model), "steps": len(losses)}
     results["world_size"] = distributed.rank_and_world()[1]
     results["averaged"] = averaged_by_hand()
     return results
