@@ -1,6 +1,6 @@
 """lightning_al: deep active learning for PyTorch Lightning."""
 
-from lightning_al import bayes, callbacks, estimators, functional, plotting, strategies
+from lightning_al import bayes, callbacks, estimators, functional, model_call, namespace, plotting, strategies
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
 from lightning_al.estimators import BayesByBackprop, DeepEnsemble, Estimator, MCDropout, SnapshotEnsemble, Softmax
 from lightning_al.file_oracle import FileOracle
@@ -38,6 +38,8 @@ __all__ = [
     "callbacks",
     "estimators",
     "functional",
+    "model_call",
+    "namespace",
     "plot_learning_curves",
     "plotting",
     "strategies",

@@ -18,20 +18,26 @@ section added:
 - ``seed_everything``: seeds the model's initialisation, as in any LightningCLI.
 
 Any field can be overridden on the command line (``--loop.query_size 20``).
+
+Lightning namespace. The CLI is the ``LightningCLI`` of the model's namespace: ``lightning-al`` reads the
+``model.class_path`` of the config (``--config`` files, ``--model``) and runs with ``lightning.pytorch`` for a
+``lightning.pytorch`` model, ``pytorch_lightning`` otherwise; ``--lightning lightning.pytorch`` (or
+``pytorch_lightning``) chooses explicitly. Callbacks and loggers of the config must come from the same package.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from jsonargparse import ActionYesNo
-from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_al import distributed
+from lightning_al import distributed, namespace
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.run_state import STATE_FILE
@@ -39,6 +45,9 @@ from lightning_al.run_state import STATE_FILE
 # The strategy used when the config names none: typicality while labels are few, then BADGE.
 DEFAULT_STRATEGY = "lightning_al.strategies.BudgetAware"
 CONFIG_FILE_NAME = "config.yaml"
+
+if TYPE_CHECKING:
+    from pytorch_lightning.cli import ArgsType, LightningArgumentParser
 
 
 def _differs(value: Any, default: Any) -> bool:
@@ -51,7 +60,7 @@ def _differs(value: Any, default: Any) -> bool:
         return True
 
 
-class ActiveLearningCLI(LightningCLI):
+class _ActiveLearningCLI:
     """A :class:`~pytorch_lightning.cli.LightningCLI` that builds model, datamodule and
     :class:`~lightning_al.ActiveLearningLoop` from a config, then runs the loop with :meth:`run`.
 
@@ -64,6 +73,9 @@ class ActiveLearningCLI(LightningCLI):
         datamodule_class: the datamodule (``ActiveDataModule`` or a subclass).
         kwargs: further arguments of :class:`~pytorch_lightning.cli.LightningCLI` (``run`` is always
             False: :meth:`run` runs the experiment).
+
+    :func:`cli_class` gives it on the ``LightningCLI`` of either namespace; :class:`ActiveLearningCLI` is the
+    default namespace's.
     """
 
     def __init__(
@@ -79,7 +91,9 @@ class ActiveLearningCLI(LightningCLI):
         parser_kwargs = kwargs.pop("parser_kwargs", None) or {}
         parser_kwargs.setdefault("prog", "lightning-al")
         parser_kwargs.setdefault("description", "Run an active-learning experiment from a config.")
-        super().__init__(datamodule_class=datamodule_class, args=args, run=False, parser_kwargs=parser_kwargs, **kwargs)
+        super().__init__(  # type: ignore[call-arg]
+            datamodule_class=datamodule_class, args=args, run=False, parser_kwargs=parser_kwargs, **kwargs
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(ActiveLearningLoop, "loop", skip={"trainer_kwargs"}, instantiate=False)
@@ -136,7 +150,7 @@ class ActiveLearningCLI(LightningCLI):
             self.save_config(output_dir / CONFIG_FILE_NAME)
         return self.loop.run(self.model, self.datamodule, resume=bool(self.config["resume"]))
 
-    @rank_zero_only
+    @distributed.rank_zero_only
     def save_config(self, path: Path) -> None:
         """Write the full, resolved config to ``path`` (pass it to ``--config`` to repeat the run)."""
         # Keep the None entries: they may override non-None defaults. jsonargparse >= 4.49 calls it `skip_unset`.
@@ -147,11 +161,81 @@ class ActiveLearningCLI(LightningCLI):
         path.write_text(self.parser.dump(self.config, format="yaml", **keep_none))
 
 
+def cli_class(ns: namespace.Namespace | str | None = None) -> type:
+    """The active-learning CLI on the ``LightningCLI`` of ``ns`` (a namespace or its name; default: the default)."""
+    ns = namespace.get(ns) if isinstance(ns, str) else ns or namespace.default()
+    return namespace.subclass(_ActiveLearningCLI, ns, "cli.LightningCLI")
+
+
+ActiveLearningCLI = cli_class()
+
+
+def _option_values(args: list[str], *names: str) -> list[str]:
+    """The values given to the options ``names`` in ``args`` (``--name value`` and ``--name=value``)."""
+    values = []
+    for position, arg in enumerate(args):
+        for name in names:
+            if arg == name and position + 1 < len(args):
+                values.append(args[position + 1])
+            elif arg.startswith(name + "="):
+                values.append(arg[len(name) + 1 :])
+    return values
+
+
+def _model_class_path(args: list[str]) -> str | None:
+    """The model's ``class_path`` as the command line and its config files give it (the last one wins)."""
+    found = None
+    for value in _option_values(args, "--config", "-c") + _option_values(args, "--model"):
+        path = Path(value)
+        try:
+            config = yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(value)
+        except (OSError, yaml.YAMLError):
+            continue
+        model = config.get("model", config) if isinstance(config, dict) else config
+        if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+            found = model["class_path"]
+        elif isinstance(model, str) and "." in model and path.suffix not in (".yaml", ".yml"):
+            found = model
+    explicit = _option_values(args, "--model.class_path")
+    return explicit[-1] if explicit else found
+
+
+def namespace_for(args: list[str]) -> tuple[namespace.Namespace, list[str]]:
+    """The namespace a command line runs in, and the command line without ``--lightning``.
+
+    ``--lightning NAME`` decides; else the namespace of the config's model class; else the default.
+    """
+    chosen = _option_values(args, "--lightning")
+    rest, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--lightning":
+            skip = True
+        elif not arg.startswith("--lightning="):
+            rest.append(arg)
+    if chosen:
+        return namespace.get(chosen[-1]), rest
+    class_path = _model_class_path(args)
+    if class_path is not None and "." in class_path:
+        module, _, name = class_path.rpartition(".")
+        try:
+            model_class = getattr(importlib.import_module(module), name)
+            return namespace.namespace_of(model_class, "model.class_path"), rest
+        except (ImportError, AttributeError, TypeError):
+            pass  # the CLI's own parsing reports what is wrong with the model
+    return namespace.default(), rest
+
+
 def main(args: ArgsType = None) -> None:
     """The ``lightning-al`` console entry point: parse the config, build everything, run the loop."""
     # Lightning 2.6 trips a torch pytree deprecation on every fit; it says nothing about the run.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    ActiveLearningCLI(args=args).run()
+    if args is None or isinstance(args, list):
+        ns, args = namespace_for(list(sys.argv[1:] if args is None else args))
+    else:
+        ns = namespace.default()
+    cli_class(ns)(args=args).run()
     distributed.shutdown()
 
 

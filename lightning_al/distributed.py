@@ -18,8 +18,10 @@ identity, so single-process runs take exactly the same code path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, TypeVar
+import functools
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,8 @@ from lightning_al.outputs import PoolOutputs
 from lightning_al.scoring import top_k_by_score
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -145,3 +149,23 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def global_rank() -> int:
+    """This process's rank: the process group's, or before one exists the launcher's environment (0 by default)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def rank_zero_only(fn: Callable[P, R]) -> Callable[P, R | None]:
+    """``fn`` run on rank 0 only (other ranks get None), in a run of either Lightning namespace."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        return fn(*args, **kwargs) if global_rank() == 0 else None
+
+    return wrapped

@@ -11,15 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.model_helpers import is_overridden
+from lightning_fabric.utilities.seed import seed_everything
+from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from lightning_al import distributed
+from lightning_al import distributed, namespace
 from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.estimators import Estimator, Softmax
@@ -33,6 +31,8 @@ from lightning_al.scoring import TARGETS, predict_outputs, stream_top_k
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
 
 if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
     from lightning_al.round_logging import RoundLogger
 
 # Accepted values of `embedding_dtype`: the dtype gathered pool embeddings are held in on the host.
@@ -53,7 +53,12 @@ def _quiet_trainer_setup() -> Iterator[None]:
     """Silence the banners each new Trainer prints (they repeat every round); warnings still show."""
     loggers = [
         logging.getLogger(name)
-        for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+        for name in (
+            "pytorch_lightning.utilities.rank_zero",
+            "lightning_fabric.utilities.rank_zero",
+            "lightning.pytorch.utilities.rank_zero",
+            "lightning.fabric.utilities.rank_zero",
+        )
     ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -65,7 +70,7 @@ def _quiet_trainer_setup() -> Iterator[None]:
             logger.setLevel(level)
 
 
-@rank_zero_only
+@distributed.rank_zero_only
 def _print_rank_zero(message: str) -> None:
     print(message, flush=True)
 
@@ -179,6 +184,7 @@ class ActiveLearningLoop:
         self._initial_state: dict[str, Any] | None = None
         self._round_logger: RoundLogger | None = None
         self._round_logger_state: dict[str, Any] | None = None
+        self._namespace = namespace.default()  # the model's, from `run` on
 
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
@@ -192,16 +198,16 @@ class ActiveLearningLoop:
         if self._round_logger is not None:
             kwargs["logger"] = self._round_logger.fit_loggers(self.round)
         with _quiet_trainer_setup():
-            return pl.Trainer(**kwargs)
+            return self._namespace.Trainer(**kwargs)
 
     def _train_member(self, dm: ActiveDataModule) -> TrainFn:
         """The :class:`TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
 
         def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
-            pl.seed_everything(seed, verbose=False)
+            seed_everything(seed, verbose=False)
             kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": [], "logger": False, **trainer_overrides}
             with _quiet_trainer_setup():
-                trainer = pl.Trainer(**kwargs)
+                trainer = namespace.namespace_of(module, "module").Trainer(**kwargs)
                 if bootstrap:
                     ids = dm.labelled_ids
                     resample = ids[
@@ -221,11 +227,11 @@ class ActiveLearningLoop:
         if distributed.rank_and_world()[1] > 1 and on_gpu:
             devices = [torch.cuda.current_device()]  # set by the multi-process strategy to this rank's GPU
         with _quiet_trainer_setup():
-            return pl.Trainer(devices=devices, **hardware, **_FIT_DEFAULTS)
+            return self._namespace.Trainer(devices=devices, **hardware, **_FIT_DEFAULTS)
 
     def _fit(self, model: pl.LightningModule, dm: ActiveDataModule, row: dict[str, Any]) -> pl.Trainer:
         start = time.perf_counter()
-        pl.seed_everything(self.seed + self.round, verbose=False)
+        seed_everything(self.seed + self.round, verbose=False)
         trainer = self._fit_trainer()
         with _quiet_trainer_setup():
             trainer.fit(model, datamodule=dm)
@@ -251,7 +257,7 @@ class ActiveLearningLoop:
         row["test_accuracy"] = float(
             multiclass_accuracy(probs, outputs[TARGETS], num_classes=probs.shape[1], average="micro")
         )
-        if is_overridden("test_step", model):
+        if is_overridden("test_step", model, self._namespace.LightningModule):
             for metrics in trainer.test(model, datamodule=dm, verbose=False):
                 row.update(scalar_metrics(metrics))
         row["test_seconds"] = time.perf_counter() - start
@@ -374,6 +380,8 @@ class ActiveLearningLoop:
         if not isinstance(datamodule, ActiveDataModule):
             raise TypeError(f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}.")
         dm = datamodule
+        self._namespace = self._check_namespace(model)
+        dm.check_batches()
         initial_state = copy.deepcopy(model.state_dict())
         pending = self._start(model, dm, resume, initial_state)
         if pending is None and self.finished:
@@ -436,6 +444,16 @@ class ActiveLearningLoop:
                     self._round_logger.finish(self.history, dm.pool.labelled_round, dm.pool.labels)
                 return self.history
 
+    def _check_namespace(self, model: pl.LightningModule) -> namespace.Namespace:
+        """The model's Lightning namespace; the Trainer arguments' callbacks and loggers must share it."""
+        ns = namespace.namespace_of(model)
+        callbacks = [*self.trainer_kwargs.get("callbacks", []), *self.strategy.callbacks(), *self.estimator.callbacks()]
+        namespace.check_same_namespace(ns, callbacks, "trainer_kwargs['callbacks']", "Callback")
+        namespace.check_same_namespace(
+            ns, self.trainer_kwargs.get("logger"), "trainer_kwargs['logger']", "loggers.Logger"
+        )
+        return ns
+
     def _start(
         self, model: pl.LightningModule, dm: ActiveDataModule, resume: bool, initial_state: dict[str, Any]
     ) -> tuple[dict[str, Any], Query, Selection] | None:
@@ -454,7 +472,7 @@ class ActiveLearningLoop:
         if self._round_logger is None:
             loggers = self.trainer_kwargs.get("logger")
             loggers = loggers if isinstance(loggers, list | tuple) else [loggers]
-            loggers = [logger for logger in loggers if isinstance(logger, Logger)]
+            loggers = [logger for logger in loggers if isinstance(logger, self._namespace.get_class("loggers.Logger"))]
             if loggers:
                 from lightning_al.round_logging import RoundLogger
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lightning_al import namespace
 
-class MLPClassifier(pl.LightningModule):
+
+class MLPClassifier(namespace.default().LightningModule):
     """A two-hidden-layer MLP with dropout: ``(B, in_features)`` → logits ``(B, num_classes)``.
 
     Trained with cross-entropy and Adam; logs ``train_loss`` per epoch. Its dropout layers make
-    it usable with :class:`~lightning_al.estimators.MCDropout`.
+    it usable with :class:`~lightning_al.estimators.MCDropout`. A LightningModule of the default namespace
+    (``pytorch_lightning`` when installed, else ``lightning.pytorch``).
     """
 
     def __init__(

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from lightning_al import namespace
 from lightning_al._validation import check_int
+from lightning_al.distributed import rank_zero_only
 from lightning_al.oracles import Query
 
 PREFIX = "al/"
@@ -42,6 +42,13 @@ THUMBNAIL_SIDE = 64
 
 
 # ----- per-round fit loggers ---------------------------------------------------------------
+_LOGGER = "loggers.Logger"
+
+
+def _wandb_loggers() -> tuple[type, ...]:
+    return namespace.classes("loggers.WandbLogger")
+
+
 class _FitState:
     """What the fit loggers of all rounds share: the largest step logged, what was passed through once."""
 
@@ -51,7 +58,7 @@ class _FitState:
         self.graph_logged: set[int] = set()
 
 
-class RoundFitLogger(Logger):
+class RoundFitLogger:
     """One round's view of a user's logger, for that round's fit ``Trainer``.
 
     ``log_metrics(metrics, step)`` goes out at ``step + step_offset``, where ``step_offset`` is one past the largest
@@ -66,9 +73,11 @@ class RoundFitLogger(Logger):
         index: the logger's position in :attr:`RoundLogger.loggers` (keys the once-per-experiment bookkeeping).
         step_offset: added to every step of this round.
         state: bookkeeping shared by the fit loggers of all rounds.
+
+    :meth:`RoundLogger.fit_loggers` builds it on the ``Logger`` class of the user's logger's namespace.
     """
 
-    def __init__(self, logger: Logger, index: int, step_offset: int, state: _FitState) -> None:
+    def __init__(self, logger: Any, index: int, step_offset: int, state: _FitState) -> None:
         super().__init__()
         self._logger = logger
         self._index = index
@@ -76,7 +85,7 @@ class RoundFitLogger(Logger):
         self._state = state
 
     @property
-    def logger(self) -> Logger:
+    def logger(self) -> Any:
         """The user's logger this view delegates to."""
         return self._logger
 
@@ -131,7 +140,7 @@ class RoundFitLogger(Logger):
         self._logger.save()
 
     def finalize(self, status: str) -> None:
-        if isinstance(self._logger, WandbLogger):
+        if isinstance(self._logger, _wandb_loggers()):
             self._logger.finalize(status)
         else:
             self._logger.save()
@@ -257,20 +266,16 @@ class RoundLogger:
         max_thumbnails: at most this many of them get an image thumbnail.
     """
 
-    def __init__(
-        self, loggers: Logger | Sequence[Logger], max_table_rows: int = 1000, max_thumbnails: int = 64
-    ) -> None:
-        loggers = [loggers] if isinstance(loggers, Logger) else loggers
+    def __init__(self, loggers: Any, max_table_rows: int = 1000, max_thumbnails: int = 64) -> None:
+        loggers = [loggers] if isinstance(loggers, namespace.classes(_LOGGER)) else loggers
         if not isinstance(loggers, Sequence) or isinstance(loggers, str):
             raise TypeError(f"Expected `loggers` to be a Logger or a sequence of Loggers, but got {loggers!r}.")
         for logger in loggers:
-            if not isinstance(logger, Logger):
-                raise TypeError(
-                    f"Expected `loggers` to hold pytorch_lightning Loggers, but got {type(logger).__name__}."
-                )
+            if not isinstance(logger, namespace.classes(_LOGGER)):
+                raise TypeError(f"Expected `loggers` to hold Lightning Loggers, but got {type(logger).__name__}.")
         check_int("max_table_rows", max_table_rows, 1)
         check_int("max_thumbnails", max_thumbnails, 0)
-        self.loggers: list[Logger] = list(loggers)
+        self.loggers: list[Any] = list(loggers)
         self.max_table_rows = max_table_rows
         self.max_thumbnails = max_thumbnails
         self._fit_state = _FitState()
@@ -285,14 +290,19 @@ class RoundLogger:
         params = flat_params(config)
         for index, logger in enumerate(self.loggers):
             logger.log_hyperparams(params)
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, _wandb_loggers()):
                 self._define_wandb_axis(index, logger.experiment)
 
-    def fit_loggers(self, round: int) -> list[Logger]:
+    def fit_loggers(self, round: int) -> list[Any]:
         """Loggers for round ``round``'s fit Trainer: views that continue the steps of earlier rounds."""
         check_int("round", round, 0)
         offset = self._fit_state.last_step + 1
-        return [RoundFitLogger(logger, index, offset, self._fit_state) for index, logger in enumerate(self.loggers)]
+        return [
+            namespace.subclass(RoundFitLogger, namespace.namespace_of(logger, "logger", _LOGGER), _LOGGER)(
+                logger, index, offset, self._fit_state
+            )
+            for index, logger in enumerate(self.loggers)
+        ]
 
     @rank_zero_only
     def log_round(
@@ -312,12 +322,12 @@ class RoundLogger:
         step = int(scalars["num_labelled"])
         metrics = {f"{PREFIX}{key}": value for key, value in scalars.items()}
         for index, logger in enumerate(self.loggers):
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, _wandb_loggers()):
                 self._log_round_wandb(index, logger, metrics, query, labels, inputs)
                 continue
             logger.log_metrics(metrics, step=step)
             scores = _finite_scores(query)
-            if isinstance(logger, TensorBoardLogger) and scores is not None:
+            if isinstance(logger, namespace.classes("loggers.TensorBoardLogger")) and scores is not None:
                 logger.experiment.add_histogram(QUERY_SCORES_KEY, scores, global_step=step)
 
     @rank_zero_only
@@ -325,7 +335,7 @@ class RoundLogger:
         """Log the learning curve and the labelled-id history (W&B), then save every logger. Runs stay open."""
         records = labelled_id_records(labelled_round, labels)
         for index, logger in enumerate(self.loggers):
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, _wandb_loggers()):
                 self._finish_wandb(index, logger, history, records)
             logger.save()
 
@@ -360,7 +370,7 @@ class RoundLogger:
     def _log_round_wandb(
         self,
         index: int,
-        logger: WandbLogger,
+        logger: Any,
         metrics: dict[str, int | float],
         query: Query | None,
         labels: Tensor | None,
@@ -394,7 +404,7 @@ class RoundLogger:
         return wandb.Table(columns=list(columns), data=data)
 
     def _finish_wandb(
-        self, index: int, logger: WandbLogger, history: Sequence[Mapping[str, Any]], records: list[dict[str, int]]
+        self, index: int, logger: Any, history: Sequence[Mapping[str, Any]], records: list[dict[str, int]]
     ) -> None:
         import wandb
 

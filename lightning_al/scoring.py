@@ -20,11 +20,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_al import namespace
 from lightning_al.data.batches import batch_ids, move_indexed_batch
 from lightning_al.estimators import Estimator
 from lightning_al.functional._checks import check_scores
@@ -171,13 +171,14 @@ def _num_samples(loader: Any) -> int | None:
     return None
 
 
-class _Scorer(pl.LightningModule):
+class _Scorer:
     """Wraps the user's model so that ``predict_step`` collects the estimator's outputs and ids.
 
     With a ``host`` collection, each batch's outputs (and ids, and targets) are copied into it, with
     the embeddings cast to ``embedding_dtype`` on the device first when given. With a ``top_k`` and
     a ``scorer``, each batch is scored on the device and only the running top ``k`` is kept.
-    ``predict_step`` returns nothing either way (Lightning keeps no list of batches).
+    ``predict_step`` returns nothing either way (Lightning keeps no list of batches). Combined with the
+    Trainer's own ``LightningModule`` class by :func:`_scorer`.
     """
 
     def __init__(
@@ -231,6 +232,12 @@ class _Scorer(pl.LightningModule):
         return move_indexed_batch(batch, device)
 
 
+def _scorer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+    """A :class:`_Scorer` that is a LightningModule of ``trainer``'s namespace."""
+    ns = namespace.namespace_of(trainer, "trainer", "Trainer")
+    return namespace.subclass(_Scorer, ns)(*args, **kwargs)
+
+
 def _check_provides(estimator: Estimator, needs: frozenset[str]) -> None:
     missing = needs - estimator.provides
     if missing:
@@ -240,7 +247,7 @@ def _check_provides(estimator: Estimator, needs: frozenset[str]) -> None:
         )
 
 
-def _predict_quietly(trainer: pl.Trainer, scorer: _Scorer, loader: DataLoader) -> None:
+def _predict_quietly(trainer: Any, scorer: _Scorer, loader: DataLoader) -> None:
     """``trainer.predict`` keeping no predictions (``scorer`` collects them itself)."""
     with warnings.catch_warnings():  # predict_step returns nothing on purpose
         warnings.filterwarnings("ignore", message=".*predict returned None.*")
@@ -248,7 +255,7 @@ def _predict_quietly(trainer: pl.Trainer, scorer: _Scorer, loader: DataLoader) -
 
 
 def predict_outputs(
-    trainer: pl.Trainer,
+    trainer: Any,
     model: nn.Module,
     loader: DataLoader,
     estimator: Estimator,
@@ -269,9 +276,8 @@ def predict_outputs(
     """
     _check_provides(estimator, needs)
     host = _HostOutputs()
-    _predict_quietly(
-        trainer, _Scorer(model, estimator, needs, inputs, targets, host=host, embedding_dtype=embedding_dtype), loader
-    )
+    scorer = _scorer(trainer, model, estimator, needs, inputs, targets, host=host, embedding_dtype=embedding_dtype)
+    _predict_quietly(trainer, scorer, loader)
     if not host.count:
         return PoolOutputs(ids=torch.empty(0, dtype=torch.long))
     values = host.result()
@@ -279,7 +285,7 @@ def predict_outputs(
 
 
 def stream_top_k(
-    trainer: pl.Trainer,
+    trainer: Any,
     model: nn.Module,
     loader: DataLoader,
     estimator: Estimator,
@@ -296,5 +302,6 @@ def stream_top_k(
     """
     _check_provides(estimator, needs)
     top_k = RunningTopK(k)
-    _predict_quietly(trainer, _Scorer(model, estimator, needs, inputs, None, scorer=scorer, top_k=top_k), loader)
+    module = _scorer(trainer, model, estimator, needs, inputs, None, scorer=scorer, top_k=top_k)
+    _predict_quietly(trainer, module, loader)
     return top_k

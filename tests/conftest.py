@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -17,8 +18,12 @@ from torch.utils.data import TensorDataset
 torch.set_num_threads(1)
 
 
-class TinyClassifier(pl.LightningModule):
-    """Linear → ReLU → Dropout → Linear classifier whose forward returns logits."""
+# Both Lightning packages: tests of the loop, the callbacks, resume, the CLI and DDP run in each.
+NAMESPACES = ["pytorch_lightning", "lightning.pytorch"]
+
+
+class TinyClassifierMixin:
+    """Linear → ReLU → Dropout → Linear classifier returning logits, for a LightningModule of any namespace."""
 
     def __init__(self, in_features: int = 4, num_classes: int = 3, hidden: int = 16) -> None:
         super().__init__()
@@ -41,6 +46,22 @@ class TinyClassifier(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
+class TinyClassifier(TinyClassifierMixin, pl.LightningModule):
+    """:class:`TinyClassifierMixin` as a ``pytorch_lightning`` module."""
+
+
+def lightning_module(namespace: str) -> type:
+    """``LightningModule`` of ``namespace`` (``"pytorch_lightning"`` or ``"lightning.pytorch"``)."""
+    return importlib.import_module(namespace).LightningModule
+
+
+def tiny_classifier_class(namespace: str) -> type:
+    """:class:`TinyClassifierMixin` on the ``LightningModule`` of ``namespace``."""
+    if namespace == "pytorch_lightning":
+        return TinyClassifier
+    return type("TinyClassifier", (TinyClassifierMixin, lightning_module(namespace)), {})
+
+
 def blobs(n: int = 120, num_classes: int = 3, in_features: int = 4, seed: int = 0) -> TensorDataset:
     """Gaussian blobs around fixed class centres (``seed`` draws the noise), easy for a tiny model."""
     centres = torch.randn(num_classes, in_features, generator=torch.Generator().manual_seed(1234)) * 3
@@ -59,10 +80,10 @@ FAST_TRAINER = dict(max_epochs=3, accelerator="cpu")
 QUIET_TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
-def run_ranks(script: str, out_dir: Path, devices: int = 2) -> list[dict]:
-    """Run ``tests/scripts/<script> OUT_DIR DEVICES`` in a subprocess (Lightning launches the ranks): their JSON."""
+def run_ranks(script: str, out_dir: Path, devices: int = 2, *args: str) -> list[dict]:
+    """Run ``tests/scripts/<script> OUT_DIR DEVICES [ARGS]`` in a subprocess (Lightning starts the ranks)."""
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "scripts" / script), str(out_dir), str(devices)],
+        [sys.executable, str(Path(__file__).parent / "scripts" / script), str(out_dir), str(devices), *args],
         capture_output=True,
         text=True,
         timeout=240,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import run_ranks
+from conftest import NAMESPACES, run_ranks
 
 from lightning_al import distributed
 from lightning_al.outputs import PoolOutputs
@@ -45,13 +46,15 @@ def test_unique_by_id_drops_sampler_padding() -> None:
     assert merged["v"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # rank 0's original, not the copy
 
 
-def test_two_process_ddp_selects_as_one_process(tmp_path: Path) -> None:
-    ranks = run_ranks("ddp_run.py", tmp_path)
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_two_process_ddp_selects_as_one_process(tmp_path: Path, namespace: str) -> None:
+    ranks = run_ranks("ddp_run.py", tmp_path, 2, namespace)
     assert ranks[0]["world_size"] == 2 and ranks[0] == ranks[1]  # every rank labels the same ids
+    assert ranks[0]["namespace"] == namespace
 
     import ddp_run
 
-    single = ddp_run.run_all(devices=1)
+    single = ddp_run.run_all(devices=1, namespace=namespace)
     assert single["world_size"] == 1
     for name in ("entropy", "entropy_subset", "badge", "coreset"):
         ddp, one = ranks[0][name], single[name]

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -33,6 +32,9 @@ from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.bayes.layers import _BayesLayer
 from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 KL_WEIGHTINGS = ("uniform", "blundell")
 KL_LOG_NAME = "bayes_kl"  # KL(q || p) of the whole model, nats

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -13,9 +12,14 @@ from torch import Tensor
 from lightning_al._validation import check_int
 from lightning_al.data.batches import batch_ids, move_indexed_batch
 from lightning_al.distributed import rank_and_world, shard
+from lightning_al.model_call import call_model
+from lightning_al.namespace import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
-class LabelDispersionCallback(pl.Callback):
+class LabelDispersionCallback(Callback):
     """Predict the unlabelled pool every ``every_n_epochs`` training epochs and count the labels.
 
     Label dispersion of a sample is ``1 - (count of its modal predicted label) / T`` over the
@@ -155,7 +159,7 @@ def _predict_labels(
     try:
         for batch in loader:
             batch = move_indexed_batch(batch, pl_module.device)
-            logits = pl_module(dm.inputs(batch))
+            logits = call_model(pl_module, dm.inputs(batch))
             count(batch_ids(batch), logits.argmax(dim=-1), logits.shape[-1])
     finally:
         pl_module.train(was_training)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from lightning_al.data.batches import batch_ids
+from lightning_al.model_call import call_model, logits_of
+from lightning_al.namespace import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 # Column of a presentation in the transition counts: 2 * (correct at the previous presentation) + (correct now).
 _LEARNED, _FORGOTTEN, _KEPT = 1, 2, 3  # incorrect → correct, correct → incorrect, correct → correct
@@ -20,7 +24,7 @@ _MAX_PENDING_LOGITS = 1 << 22
 _STATISTIC_NAMES = ("last_correct", "ever_correct", "forgetting", "presentations")
 
 
-class ForgettingCallback(pl.Callback):
+class ForgettingCallback(Callback):
     """Count forgetting events of every training sample (Toneva et al. 2019, "An Empirical
     Study of Example Forgetting during Deep Neural Network Learning").
 
@@ -129,8 +133,11 @@ class ForgettingCallback(pl.Callback):
         self._capturing, self._captured = False, None
 
     def _capture(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._capturing and isinstance(output, Tensor):
-            self._captured = output.detach()
+        if self._capturing:
+            try:
+                self._captured = logits_of(output).detach()
+            except TypeError:  # not the logits: the step's logits are recomputed in `on_train_batch_end`
+                self._captured = None
 
     # ----- counting ------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -152,7 +159,7 @@ class ForgettingCallback(pl.Callback):
         self._captured = None
         if logits is None or logits.ndim != 2 or logits.shape[0] != ids_B.shape[0]:
             with torch.no_grad():
-                logits = pl_module(trainer.datamodule.inputs(batch))
+                logits = call_model(pl_module, trainer.datamodule.inputs(batch))
         self._pending.append((ids_B, logits, trainer.datamodule.targets(batch)))
         self._pending_logits += logits.numel()
         if len(self._pending) >= _MAX_PENDING_BATCHES or self._pending_logits >= _MAX_PENDING_LOGITS:

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +34,10 @@ from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStepPatch
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
+from lightning_al.model_call import call_model
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 class LossPredictionHead(nn.Module):
@@ -321,7 +324,7 @@ class LossPredictionCallback(RestoresTrainingStep):
         model.eval()
         self.head.eval()
         with tap_features(model, self.layers) as captured:
-            model(inputs)
+            call_model(model, inputs)
         missing = [name for name in self.layers if name not in captured]
         if missing:
             raise ValueError(f"Expected the layers {missing} to run in the model's forward, but they did not.")

@@ -41,9 +41,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -55,6 +54,10 @@ from lightning_al.callbacks.step_patch import RestoresTrainingStep, TrainingStep
 from lightning_al.callbacks.vaal import Discriminator
 from lightning_al.data.unlabelled import UnlabelledBatches
 from lightning_al.functional.mal import cosine_logits
+from lightning_al.model_call import call_model
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 class CosineClassifier(nn.Module):
@@ -126,7 +129,7 @@ def minimax_entropy(model: nn.Module, encoder: nn.Module, inputs: Any) -> tuple[
 
     handle = encoder.register_forward_hook(hook)
     try:
-        logits = model(inputs)
+        logits = call_model(model, inputs)
     finally:
         handle.remove()
     if not captured:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from lightning_al._validation import check_int
+from lightning_al.namespace import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def cyclic_cosine_factor(step: int, total_steps: int, cycles: int) -> float:
@@ -24,7 +27,7 @@ def cyclic_cosine_factor(step: int, total_steps: int, cycles: int) -> float:
     return 0.5 * (math.cos(math.pi * (step % length) / length) + 1)
 
 
-class SnapshotCallback(pl.Callback):
+class SnapshotCallback(Callback):
     """Drive a cyclic cosine learning rate and keep a CPU copy of the weights at the end of each cycle.
 
     The base learning rate of every optimiser parameter group is multiplied by

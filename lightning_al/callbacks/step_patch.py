@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
+from lightning_al.namespace import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
 
 _NOT_SET = object()
 
@@ -43,7 +47,7 @@ class TrainingStepPatch:
         self.module, self._shadowed = None, _NOT_SET
 
 
-class RestoresTrainingStep(pl.Callback):
+class RestoresTrainingStep(Callback):
     """Base of callbacks that patch ``training_step``: ``_restore()`` runs however the fit ends."""
 
     def _restore(self) -> None:

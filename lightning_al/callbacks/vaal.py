@@ -13,9 +13,8 @@ main model's fit; the task model is never touched.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -23,6 +22,10 @@ from torch.nn import functional as F
 from lightning_al import distributed
 from lightning_al._validation import check_int
 from lightning_al.data.unlabelled import UnlabelledBatches
+from lightning_al.namespace import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def gaussian_kl(mu_B_L: Tensor, logvar_B_L: Tensor) -> Tensor:
@@ -147,7 +150,7 @@ def discriminator_loss(vae: VAE, discriminator: Discriminator, labelled: Tensor,
     ) + F.binary_cross_entropy_with_logits(logits_unl, torch.zeros_like(logits_unl))
 
 
-class VAALCallback(pl.Callback):
+class VAALCallback(Callback):
     """Train a VAAL β-VAE and discriminator beside the main model (Sinha et al. 2019, Algorithm 1).
 
     After every training batch, the labelled batch's inputs (``trainer.datamodule.inputs``) and a

@@ -8,7 +8,7 @@ per-sample statistics; the ids follow the batch to the device.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -106,9 +106,20 @@ class CollatedItems(Sequence):
         return tuple(column[position] for column in self.columns), int(self.ids[position])
 
 
-def collate_with_ids(items: Sequence[tuple[Any, int]]) -> IndexedTuple | IndexedDict:
-    """Collate ``(item, id)`` pairs into the user's batch plus ``.ids``."""
-    if isinstance(items, CollatedItems):
+def collate_with_ids(
+    items: Sequence[tuple[Any, int]], collate_fn: Callable[[list[Any]], Any] = default_collate
+) -> IndexedTuple | IndexedDict:
+    """Collate ``(item, id)`` pairs with ``collate_fn`` (the user's, or ``default_collate``) into a batch with ``.ids``.
+
+    The batch ``collate_fn`` returns must be a tuple/list, a dict (e.g. a tokenizer's ``BatchEncoding``)
+    or a single tensor, so that the ids can ride along with it.
+    """
+    if isinstance(items, CollatedItems) and collate_fn is default_collate:
         return with_ids(list(items.columns), items.ids)
     samples, ids = zip(*items, strict=True)
-    return with_ids(default_collate(list(samples)), torch.tensor(ids, dtype=torch.long))
+    batch = collate_fn(list(samples))
+    if not isinstance(batch, Mapping | Sequence | Tensor) or isinstance(batch, str):
+        raise TypeError(
+            f"Expected `collate_fn` to return a tuple, list, dict or tensor batch, but got {type(batch).__name__}."
+        )
+    return with_ids(batch, torch.tensor(ids, dtype=torch.long))

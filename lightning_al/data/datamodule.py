@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.model_helpers import is_overridden
+from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from lightning_al import namespace
 from lightning_al._validation import check_int
 from lightning_al.data.batches import IdDataset, collate_with_ids, move_indexed_batch
 from lightning_al.data.pool import ActivePool, as_id_tensor
 from lightning_al.data.samplers import RepeatedShuffleSampler
 from lightning_al.data.targets import Key, dataset_targets, input_of, replace_target
+from lightning_al.model_call import model_inputs
+
+Collate = Callable[[list[Any]], Any]
 
 
 class _Relabelled(Dataset):
@@ -31,7 +35,7 @@ class _Relabelled(Dataset):
         return replace_target(self.dataset[index], self.target_key, int(self.labels[index]))
 
 
-class _TrainOnly(pl.LightningDataModule):
+class _TrainOnly(namespace.LightningDataModule):
     """A datamodule with one fixed training loader whose batches keep their ``ids`` on the device."""
 
     def __init__(self, loader: DataLoader) -> None:
@@ -45,13 +49,20 @@ class _TrainOnly(pl.LightningDataModule):
         return move_indexed_batch(batch, device)
 
 
-class ActiveDataModule(pl.LightningDataModule):
+class ActiveDataModule(namespace.LightningDataModule):
     """Splits ``train_set`` into a labelled set (trained on) and an unlabelled pool (queried from).
 
     The dataset index is the identity of a sample everywhere. Every dataloader yields the
     user's usual batch (``x, y = batch`` still works) with ``batch.ids``, the dataset ids
     of its samples. Training batches carry the label recorded in the pool, which is the
-    label the oracle gave, not whatever the dataset item holds.
+    label the oracle gave, not whatever the dataset item holds. It is a ``LightningDataModule`` of
+    both ``lightning.pytorch`` and ``pytorch_lightning`` (whichever are installed).
+
+    Model inputs (the one contract every call of the model follows; see
+    :func:`~lightning_al.model_call.call_model`): with ``input_key`` set, the model is called as
+    ``model(batch[input_key])``; with ``input_key=None``, as ``model(**fields)`` on dict batches (every
+    field but ``target_key``, e.g. ``input_ids`` and ``attention_mask`` of a Hugging Face tokenizer) and
+    ``model(*fields)`` on tuple batches. The model may return logits, or an object or dict with ``logits``.
 
     Args:
         train_set: map-style dataset of all samples that may be labelled, with the training transform.
@@ -68,8 +79,13 @@ class ActiveDataModule(pl.LightningDataModule):
             least this many steps, all of full ``batch_size`` (the last batch is topped up from the
             next shuffle instead of being a noisy remainder). ``0`` disables: one pass per epoch.
         num_workers: dataloader workers.
-        input_key: where the model input sits in a batch (tuple index or dict key).
-        target_key: where the target sits in a dataset item (tuple index or dict key).
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        collate_fn: turns a list of dataset items into a batch (e.g. padding variable-length sequences);
+            used by every loader (training, validation, test, pool). Default: ``torch``'s ``default_collate``.
+        eval_collate_fn: the collate function of the validation and test loaders, when it differs.
+        input_key: where the model input sits in a batch (tuple index or dict key); None passes every
+            field except the target (``model(**fields)`` for dict batches, ``model(*fields)`` for tuples).
+        target_key: where the target sits in a dataset item and a batch (tuple index or dict key).
         seed: seeds the initial labelled set and the training shuffles.
     """
 
@@ -86,7 +102,10 @@ class ActiveDataModule(pl.LightningDataModule):
         eval_batch_size: int = 256,
         min_steps_per_epoch: int = 0,
         num_workers: int = 0,
-        input_key: int | str = 0,
+        pin_memory: bool = False,
+        collate_fn: Collate | None = None,
+        eval_collate_fn: Collate | None = None,
+        input_key: int | str | None = 0,
         target_key: int | str = 1,
         seed: int = 0,
     ) -> None:
@@ -115,11 +134,19 @@ class ActiveDataModule(pl.LightningDataModule):
         check_int("eval_batch_size", eval_batch_size, 1)
         check_int("min_steps_per_epoch", min_steps_per_epoch, 0)
         check_int("num_workers", num_workers, 0)
+        for name, fn in (("collate_fn", collate_fn), ("eval_collate_fn", eval_collate_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"Expected `{name}` to be callable (a list of items -> a batch), but got {fn!r}.")
+        if input_key is not None and input_key == target_key:
+            raise ValueError(f"Expected `input_key` and `target_key` to differ, but both are {input_key!r}.")
         self.train_set = train_set
         self.pool_set = pool_set if pool_set is not None else train_set
         self.val_set, self.test_set = val_set, test_set
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.min_steps_per_epoch, self.num_workers = min_steps_per_epoch, num_workers
+        self.min_steps_per_epoch, self.num_workers, self.pin_memory = min_steps_per_epoch, num_workers, pin_memory
+        self.collate_fn = collate_fn or default_collate
+        self.eval_collate_fn = eval_collate_fn or self.collate_fn
+        self._collate_by_set: dict[int, Collate] = {}  # a validation or test set's own collate function
         self.input_key, self.target_key, self.seed = input_key, target_key, seed
         self.pool = ActivePool(len(train_set), num_classes=num_classes)
         self.clear_pseudo_labels()
@@ -134,28 +161,42 @@ class ActiveDataModule(pl.LightningDataModule):
             self.pool.label(initial_ids, dataset_targets(train_set, initial_ids, target_key), round=0)
 
     @classmethod
-    def from_datamodule(cls, datamodule: pl.LightningDataModule, **kwargs: Any) -> ActiveDataModule:
-        """An active datamodule over the datasets of an existing ``LightningDataModule``.
+    def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> ActiveDataModule:
+        """An active datamodule over the datasets of an existing ``LightningDataModule`` (either namespace).
 
         Runs its ``prepare_data`` and ``setup``, then takes the ``dataset`` of its train (and, where
-        defined, val and test) dataloaders, and their ``batch_size`` and ``num_workers``. ``kwargs``
-        go to the constructor and win over what was taken (e.g. ``initial_labelled``, or ``pool_set``:
-        the training samples with the evaluation transform, when training uses augmentation).
+        defined, val and test) dataloaders, and from each loader its ``collate_fn`` (when not the default)
+        and from the training loader its ``batch_size``, ``num_workers`` and ``pin_memory``. ``kwargs``
+        go to the constructor and win over what was taken (e.g. ``initial_labelled``, ``input_key``, or
+        ``pool_set``: the training samples with the evaluation transform, when training uses augmentation).
         """
-        if not isinstance(datamodule, pl.LightningDataModule):
-            raise TypeError(f"Expected `datamodule` to be a LightningDataModule, but got {type(datamodule).__name__}.")
+        parent = namespace.namespace_of(datamodule, "datamodule", "LightningDataModule").LightningDataModule
         datamodule.prepare_data()
         datamodule.setup("fit")
         train = datamodule.train_dataloader()
-        taken: dict[str, Any] = {"train_set": train.dataset, "num_workers": train.num_workers}
+        taken: dict[str, Any] = {
+            "train_set": train.dataset,
+            "num_workers": train.num_workers,
+            "pin_memory": train.pin_memory,
+        }
         if train.batch_size is not None:
             taken["batch_size"] = train.batch_size
+        if train.collate_fn is not default_collate:
+            taken["collate_fn"] = train.collate_fn
+        eval_collate: dict[str, Collate] = {}
         for name, stage in (("val", "validate"), ("test", "test")):
-            if is_overridden(f"{name}_dataloader", datamodule, pl.LightningDataModule):
+            if is_overridden(f"{name}_dataloader", datamodule, parent):
                 if stage == "test":
                     datamodule.setup("test")
-                taken[f"{name}_set"] = getattr(datamodule, f"{name}_dataloader")().dataset
-        return cls(**{**taken, **kwargs})
+                loader = getattr(datamodule, f"{name}_dataloader")()
+                taken[f"{name}_set"] = loader.dataset
+                if loader.collate_fn is not default_collate:
+                    eval_collate[name] = loader.collate_fn
+        active = cls(**{**taken, **kwargs})
+        for name, fn in eval_collate.items():
+            if f"{name}_set" not in kwargs and "eval_collate_fn" not in kwargs:
+                active._collate_by_set[id(taken[f"{name}_set"])] = fn
+        return active
 
     def _initial_ids(self, initial_labelled: int, initial_per_class: int | None) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -193,19 +234,36 @@ class ActiveDataModule(pl.LightningDataModule):
         self.pool.label(ids, labels, round)
 
     def inputs(self, batch: Any) -> Any:
-        """The model input of a batch from any of this module's dataloaders."""
-        return input_of(batch, self.input_key)
+        """The model input of a batch from any of this module's dataloaders (see the class docstring)."""
+        return model_inputs(batch, self.input_key, self.target_key)
 
     def targets(self, batch: Any) -> Tensor:
         """The targets of a batch (training, validation or test)."""
-        return input_of(batch, self.target_key)
+        return input_of(batch, self.target_key, "target", "target_key")
+
+    def check_batches(self) -> None:
+        """Collate one training batch and one pool batch and check that they hold the inputs (and the target).
+
+        The loop calls it before the first fit, so that a collate function that drops a field, or an
+        ``input_key``/``target_key`` that names none, is refused with the field's name before anything is labelled.
+        """
+        if self.num_labelled:
+            batch = next(
+                iter(self._loader(self.train_set, self.labelled_ids[: self.batch_size], batch_size=self.batch_size))
+            )
+            self.inputs(batch)
+            self.targets(batch)
+        if self.pool.num_unlabelled:
+            self.inputs(next(iter(self.pool_dataloader(self.unlabelled_ids[: self.eval_batch_size]))))
 
     # ----- dataloaders -------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, ids: Tensor, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, ids: Tensor, collate_fn: Collate | None = None, **kwargs: Any) -> DataLoader:
+        collate_fn = collate_fn or self.collate_fn
         return DataLoader(
             IdDataset(dataset, ids),
-            collate_fn=collate_with_ids,
+            collate_fn=functools.partial(collate_with_ids, collate_fn=collate_fn),
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             persistent_workers=False,
             **kwargs,
         )
@@ -262,7 +320,7 @@ class ActiveDataModule(pl.LightningDataModule):
         labelled = _Relabelled(self.train_set, labels, self.target_key)
         return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
 
-    def resampled(self, ids: Tensor) -> pl.LightningDataModule:
+    def resampled(self, ids: Tensor) -> namespace.LightningDataModule:
         """A datamodule that trains on ``ids`` (labelled, repeats allowed), e.g. a bootstrap resample."""
         return _TrainOnly(self.train_dataloader(ids))
 
@@ -278,7 +336,10 @@ class ActiveDataModule(pl.LightningDataModule):
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:
         """A fully labelled ``dataset`` (validation or test) in order, with ids ``0..len-1``."""
-        return self._loader(dataset, torch.arange(len(dataset)), batch_size=self.eval_batch_size, shuffle=False)
+        collate_fn = self._collate_by_set.get(id(dataset), self.eval_collate_fn)
+        return self._loader(
+            dataset, torch.arange(len(dataset)), collate_fn, batch_size=self.eval_batch_size, shuffle=False
+        )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_indexed_batch(batch, device)

@@ -85,12 +85,19 @@ def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1) -> Tensor:
     return torch.tensor([read_target(dataset[i], key, i) for i in ids.tolist()], dtype=torch.long)
 
 
-def input_of(batch: Any, key: Key = 0) -> Any:
-    """The model input stored under ``key`` in a collated ``batch``."""
+def input_of(batch: Any, key: Key = 0, what: str = "model input", argument: str = "input_key") -> Any:
+    """The field under ``key`` in a collated ``batch``: the model input, or with ``what="target"`` the target."""
     try:
         return batch[key]
     except (KeyError, IndexError, TypeError):
+        fields = (
+            list(batch.keys())
+            if isinstance(batch, Mapping)
+            else f"{len(batch)} fields"
+            if isinstance(batch, Sequence)
+            else ""
+        )
         raise ValueError(
-            f"Expected the batch to hold the model input at key {key!r}, but got a {type(batch).__name__} "
-            f"without it. Set `input_key` on the ActiveDataModule."
+            f"Expected the batch to hold the {what} at key {key!r}, but got a {type(batch).__name__} without it "
+            f"({fields}). Set `{argument}` on the ActiveDataModule, or make `collate_fn` keep that field."
         ) from None

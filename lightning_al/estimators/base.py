@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_al.estimators.embeddings import capture_embeddings
+from lightning_al.model_call import apply, call_model
 from lightning_al.outputs import EMBEDDINGS, PROBS
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 class TrainFn(Protocol):
@@ -82,11 +85,14 @@ class Softmax(Estimator):
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
         model.eval()
         if EMBEDDINGS not in needs:
-            return {PROBS: _softmax(model(inputs))}
+            return {PROBS: _softmax(call_model(model, inputs))}
         if self.embedding_layer is None and callable(getattr(model, "embed", None)):
-            return {PROBS: _softmax(model(inputs)), EMBEDDINGS: model.embed(inputs).flatten(1).float()}
+            return {
+                PROBS: _softmax(call_model(model, inputs)),
+                EMBEDDINGS: apply(model.embed, inputs).flatten(1).float(),
+            }
         with capture_embeddings(model, self.embedding_layer) as captured:
-            probs = _softmax(model(inputs))
+            probs = _softmax(call_model(model, inputs))
         if captured.value is None:
             raise ValueError(f"Expected the embedding layer {self.embedding_layer!r} to run in the model's forward.")
         return {PROBS: probs, EMBEDDINGS: captured.value.float()}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +13,9 @@ from lightning_al.callbacks.snapshots import SnapshotCallback
 from lightning_al.estimators.base import Estimator, Softmax, TrainFn
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PROBS
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_al.estimators.base import Estimator, _softmax
+from lightning_al.model_call import apply, call_model
 from lightning_al.outputs import EMBEDDINGS, PROBS
 
 
@@ -44,14 +45,14 @@ class FrozenEncoder(Estimator):
         if EMBEDDINGS in needs:
             self.encoder.eval()
             with torch.no_grad():
-                features = self.encoder(inputs)
+                features = apply(self.encoder, inputs)
             if not isinstance(features, Tensor) or features.ndim < 2:
                 shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
                 raise ValueError(f"Expected `encoder` to return features of shape (B, ...), but got {shape}.")
             out[EMBEDDINGS] = features.flatten(1).float()
         if PROBS in needs:
             model.eval()
-            out[PROBS] = _softmax(model(inputs))
+            out[PROBS] = _softmax(call_model(model, inputs))
         return out
 
     def __repr__(self) -> str:
@@ -107,7 +108,7 @@ class PrecomputedEmbeddings(Estimator):
             out[EMBEDDINGS] = self.features[ids].float()
         if PROBS in needs:
             model.eval()
-            out[PROBS] = _softmax(model(inputs))
+            out[PROBS] = _softmax(call_model(model, inputs))
         return out
 
     def __repr__(self) -> str:

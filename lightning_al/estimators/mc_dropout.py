@@ -50,16 +50,19 @@ import warnings
 import weakref
 import zlib
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator
 from lightning_al.estimators.dropout_masks import scaled_keep_mask
+from lightning_al.model_call import call_model
 from lightning_al.outputs import MC_PROBS, PROBS
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _CHANNEL_DROPOUT_TYPES = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
@@ -500,7 +503,7 @@ class MCDropout(Estimator):
             if tile_first and self.consistent_masks:
                 for linear in set(self._fold_pairs.values()):
                     handles.append(linear.register_forward_hook(hooks.folded_linear))
-            logits = model(inputs)
+            logits = call_model(model, inputs)
         finally:
             for handle in handles:
                 handle.remove()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from lightning_al.estimators.base import Estimator, TrainFn
+from lightning_al.namespace import namespace_of
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 class ProxyEstimator(Estimator):
@@ -27,9 +30,8 @@ class ProxyEstimator(Estimator):
         trainer_overrides: Trainer arguments replaced for the proxy's fits.
     """
 
-    def __init__(self, proxy: pl.LightningModule, inner: Estimator, seed: int = 0, **trainer_overrides: Any) -> None:
-        if not isinstance(proxy, pl.LightningModule):
-            raise TypeError(f"Expected `proxy` to be a LightningModule, but got {type(proxy).__name__}.")
+    def __init__(self, proxy: nn.Module, inner: Estimator, seed: int = 0, **trainer_overrides: Any) -> None:
+        namespace_of(proxy, "proxy")  # a LightningModule of either namespace
         self.proxy, self.inner, self.seed = proxy, inner, seed
         self.trainer_overrides = trainer_overrides
         self.provides = inner.provides

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lightning_al._validation import check_int
 from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.estimators.base import Estimator
+from lightning_al.model_call import call_model
 from lightning_al.outputs import MC_PROBS, PROBS
 
 
@@ -50,7 +51,7 @@ class BayesByBackprop(Estimator):
         try:
             passes = []
             for _ in range(self.mc_samples):
-                logits = model(inputs)
+                logits = call_model(model, inputs)
                 if not isinstance(logits, Tensor) or logits.ndim != 2:
                     shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                     raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")

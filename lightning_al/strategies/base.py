@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -13,6 +12,9 @@ from lightning_al.estimators import Estimator
 from lightning_al.functional import topk_select
 from lightning_al.functional._checks import as_count
 from lightning_al.outputs import PoolOutputs
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 @dataclass(frozen=True)

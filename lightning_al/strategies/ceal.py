@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 
 from lightning_al.functional.uncertainty import entropy
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy
 from lightning_al.strategies.uncertainty import Entropy
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 class CEAL(Strategy):

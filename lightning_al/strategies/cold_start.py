@@ -15,9 +15,8 @@ in a space that is meaningful before the first label; the papers use self-superv
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +27,9 @@ from lightning_al.functional.coverage import probcover_greedy, purity_delta
 from lightning_al.functional.typical_clusters import typiclust
 from lightning_al.outputs import EMBEDDINGS, PROBS, PoolOutputs
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def _labelled_and_pool(outputs: PoolOutputs) -> tuple[Tensor, Tensor]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_al._validation import check_int
 from lightning_al.estimators.base import Estimator, Softmax
@@ -16,6 +16,9 @@ from lightning_al.functional.hybrid import max_cover_greedy
 from lightning_al.functional.selection import topk_select
 from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy, check_query_size
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def _shared_estimator(strategies: Sequence[Strategy], estimator: Estimator | None) -> Estimator:
@@ -165,7 +168,7 @@ class SelectionViaProxy(Strategy):
         proxy_max_epochs: epochs of the proxy's fits (default: the loop's).
     """
 
-    def __init__(self, strategy: Strategy, proxy: pl.LightningModule, proxy_max_epochs: int | None = None) -> None:
+    def __init__(self, strategy: Strategy, proxy: nn.Module, proxy_max_epochs: int | None = None) -> None:
         check_int("proxy_max_epochs", proxy_max_epochs, 1, optional=True)
         overrides = {} if proxy_max_epochs is None else {"max_epochs": proxy_max_epochs}
         self.strategy = strategy

@@ -19,6 +19,7 @@ from lightning_al.callbacks.loss_prediction import tap_features
 from lightning_al.callbacks.mal import MALCallback
 from lightning_al.estimators.base import Estimator
 from lightning_al.functional.mal import mal_score
+from lightning_al.model_call import call_model
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.strategies.base import CallbackScoreStrategy
 
@@ -49,7 +50,7 @@ class MALEstimator(Estimator):
         model.eval()
         layer = self.callback.encoder_layer
         with tap_features(model, [layer]) as captured:
-            logits = model(inputs)
+            logits = call_model(model, inputs)
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"Expected the model's forward to return logits of shape (B, K), but got {shape}.")

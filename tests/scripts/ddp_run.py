@@ -1,6 +1,8 @@
 """Active-learning runs under 2-process CPU DDP (gloo), compared by tests/test_ddp.py with one process.
 
-    python ddp_run.py OUTPUT_DIR DEVICES
+    python ddp_run.py OUTPUT_DIR DEVICES [NAMESPACE]
+
+NAMESPACE is ``pytorch_lightning`` (default) or ``lightning.pytorch``: the package of the model.
 
 Lightning's ``ddp`` strategy starts this script again for rank 1. Every rank writes
 ``OUTPUT_DIR/rank{r}.json``: per strategy, the ids selected in each round and their scores.
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import QUIET_TRAINER, TinyClassifier, blobs
+from conftest import QUIET_TRAINER, blobs, tiny_classifier_class
 
 import lightning_al as al
 from lightning_al import distributed
@@ -31,14 +33,18 @@ from lightning_al.strategies import BADGE, CoreSet, Entropy
 torch.set_num_threads(1)
 
 
-class FrozenClassifier(TinyClassifier):
-    """TinyClassifier trained with SGD at learning rate 0: every step runs, no weight changes."""
+class Frozen:
+    """Trained with SGD at learning rate 0: every step runs, no weight changes."""
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        return torch.optim.SGD(self.parameters(), lr=0.0)  # type: ignore[attr-defined]
 
 
-def run_all(devices: int) -> dict[str, Any]:
+def frozen_classifier(namespace: str) -> torch.nn.Module:
+    return type("FrozenClassifier", (Frozen, tiny_classifier_class(namespace)), {})()
+
+
+def run_all(devices: int, namespace: str = "pytorch_lightning") -> dict[str, Any]:
     """Two rounds with each strategy (``pool_subset`` for one of them); the selections per strategy."""
     trainer_kwargs: dict[str, Any] = dict(max_epochs=1, accelerator="cpu", devices=devices, **QUIET_TRAINER)
     if devices > 1:
@@ -51,7 +57,7 @@ def run_all(devices: int) -> dict[str, Any]:
         ("coreset", CoreSet(), None),
     ):
         torch.manual_seed(0)
-        model = FrozenClassifier()
+        model = frozen_classifier(namespace)
         dm = al.ActiveDataModule(blobs(101), initial_labelled=10, batch_size=8, eval_batch_size=16, seed=0)
         loop = al.ActiveLearningLoop(
             strategy,
@@ -69,12 +75,13 @@ def run_all(devices: int) -> dict[str, Any]:
             "labelled_ids": dm.labelled_ids.tolist(),
         }
     results["world_size"] = distributed.rank_and_world()[1]
+    results["namespace"] = al.namespace.namespace_of(model).name
     return results
 
 
 if __name__ == "__main__":
     output_dir, devices = Path(sys.argv[1]), int(sys.argv[2])
-    results = run_all(devices)
+    results = run_all(devices, sys.argv[3] if len(sys.argv) > 3 else "pytorch_lightning")
     rank = distributed.rank_and_world()[0]
     (output_dir / f"rank{rank}.json").write_text(json.dumps(results))
     distributed.shutdown()
