@@ -57,7 +57,7 @@ class Output:
     loss: Tensor | None = None
 
 
-class BagOfTokens(pl.LightningModule):
+class _BagMixin:
     """Mean of masked token embeddings → dropout → linear; ``forward(tokens, mask)`` returns an object with logits."""
 
     def __init__(self, as_dict: bool = False) -> None:
@@ -81,6 +81,10 @@ class BagOfTokens(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class BagOfTokens(_BagMixin, pl.LightningModule):
+    """:class:`_BagMixin` as a ``pytorch_lightning`` module."""
 
 
 def _inputs(batch: dict) -> dict:
@@ -251,3 +255,25 @@ def test_bad_datamodule_arguments_name_themselves() -> None:
     dm = al.ActiveDataModule(Sentences(10), collate_fn=lambda items: object(), input_key=None, target_key="label")
     with pytest.raises(TypeError, match="Expected `collate_fn` to return a tuple, list, dict or tensor batch"):
         next(iter(dm.pool_dataloader()))
+
+
+def test_the_wandb_query_table_logs_variable_length_queries_of_a_lightning_model(tmp_path) -> None:
+    """A ``lightning.pytorch`` model and WandbLogger, padded text batches: the offline run holds the queries."""
+    wandb = pytest.importorskip("wandb")
+    import lightning.pytorch as L
+    from wandb_offline import offline_wandb, read_offline_run
+
+    model = type("UnifiedBag", (_BagMixin, L.LightningModule), {})()
+    dm = text_datamodule()
+    with offline_wandb(tmp_path):
+        logger = L.loggers.WandbLogger(project="lightning-al-tests", save_dir=str(tmp_path))
+        loop = al.ActiveLearningLoop(
+            Entropy(), query_size=5, rounds=2, progress=False,
+            trainer_kwargs=dict(max_epochs=2, accelerator="cpu", logger=logger, log_every_n_steps=1),
+        )  # fmt: skip
+        history = loop.run(model, dm)
+        wandb.finish()
+    run = read_offline_run(tmp_path)
+    tables = [run.table(row["al/queried_samples"]) for row in run.rows_with("al/queried_samples")]
+    assert [[r[0] for r in t["data"]] for t in tables] == [row["selected_ids"] for row in history[:2]]
+    assert all(r[3] == int(dm.train_set.labels[r[0]]) for t in tables for r in t["data"])
