@@ -17,7 +17,6 @@ import torch
 import yaml
 from conftest import FAST_TRAINER, QUIET_TRAINER, TinyClassifier, blobs
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 from wandb_offline import OfflineRun, describe_offline_run, offline_wandb, read_offline_run
 
@@ -337,7 +336,7 @@ def test_state_dict_restores_the_step_offset() -> None:
 
 
 def test_nothing_is_logged_off_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setenv("RANK", "1")  # as a launcher sets it on the second process
     logger = RecordingLogger()
     run_experiment(RoundLogger(logger), fit=False)
     assert logger.calls == []
@@ -394,7 +393,7 @@ def test_labelled_id_records() -> None:
     ("kwargs", "error", "match"),
     [
         ({"loggers": "wandb"}, TypeError, "`loggers` to be a Logger"),
-        ({"loggers": [object()]}, TypeError, "`loggers` to hold pytorch_lightning Loggers, but got object"),
+        ({"loggers": [object()]}, TypeError, "`loggers` to hold Lightning Loggers, but got object"),
         ({"max_table_rows": 0}, ValueError, "`max_table_rows` to be an int >= 1, but got 0"),
         ({"max_thumbnails": -1}, ValueError, "`max_thumbnails` to be an int >= 0, but got -1"),
     ],
