@@ -189,16 +189,15 @@ class ActiveLearningLoop:
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
         """The main model's Trainer: the user's arguments, plus the strategy's and estimator's callbacks."""
-        callbacks = [
-            *self.trainer_kwargs.get("callbacks", []),
-            *self.strategy.callbacks(),
-            *self.estimator.callbacks(),
-        ]
-        kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": callbacks}
+        kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": self._fit_callbacks()}
         if self._round_logger is not None:
             kwargs["logger"] = self._round_logger.fit_loggers(self.round)
         with _quiet_trainer_setup():
             return self._namespace.Trainer(**kwargs)
+
+    def _fit_callbacks(self) -> list[pl.Callback]:
+        """The user's callbacks, then the strategy's and the estimator's."""
+        return [*self.trainer_kwargs.get("callbacks", []), *self.strategy.callbacks(), *self.estimator.callbacks()]
 
     def _train_member(self, dm: ActiveDataModule) -> TrainFn:
         """The :class:`TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
@@ -447,8 +446,7 @@ class ActiveLearningLoop:
     def _check_namespace(self, model: pl.LightningModule) -> namespace.Namespace:
         """The model's Lightning namespace; the Trainer arguments' callbacks and loggers must share it."""
         ns = namespace.namespace_of(model)
-        callbacks = [*self.trainer_kwargs.get("callbacks", []), *self.strategy.callbacks(), *self.estimator.callbacks()]
-        namespace.check_same_namespace(ns, callbacks, "trainer_kwargs['callbacks']", "Callback")
+        namespace.check_same_namespace(ns, self._fit_callbacks(), "trainer_kwargs['callbacks']", "Callback")
         namespace.check_same_namespace(
             ns, self.trainer_kwargs.get("logger"), "trainer_kwargs['logger']", "loggers.Logger"
         )

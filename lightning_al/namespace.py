@@ -47,10 +47,6 @@ class Namespace:
         module, _, name = path.rpartition(".")
         return getattr(importlib.import_module(f"{self.name}.{module}" if module else self.name), name)
 
-    def cli(self) -> ModuleType:
-        """The ``cli`` module (``LightningCLI``, ``LightningArgumentParser``); needs ``jsonargparse``."""
-        return importlib.import_module(f"{self.name}.cli")
-
     def __repr__(self) -> str:
         return self.name
 
