@@ -15,7 +15,6 @@ import torch
 from lightning_fabric.utilities.seed import seed_everything
 from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_al import distributed, namespace
 from lightning_al._validation import check_int
@@ -27,7 +26,7 @@ from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, Qu
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.run_state import FORMAT as RUN_STATE_FORMAT
 from lightning_al.run_state import STATE_FILE, check_fingerprint, load_state, save_atomic
-from lightning_al.scoring import TARGETS, predict_outputs, stream_top_k
+from lightning_al.scoring import predict_outputs, stream_metrics, stream_top_k
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
 
 if TYPE_CHECKING:
@@ -243,19 +242,10 @@ class ActiveLearningLoop:
         if dm.test_set is None:
             return
         start = time.perf_counter()
-        outputs = predict_outputs(
-            self._eval_trainer(),
-            model,
-            dm.eval_dataloader(dm.test_set),
-            Softmax(),
-            frozenset({PROBS}),
-            dm.inputs,
-            dm.targets,
-        )
-        probs = outputs[PROBS]
-        row["test_accuracy"] = float(
-            multiclass_accuracy(probs, outputs[TARGETS], num_classes=probs.shape[1], average="micro")
-        )
+        estimator = Softmax()
+        estimator.bind(dm.task)
+        loader = dm.eval_dataloader(dm.test_set)
+        row.update(stream_metrics(self._eval_trainer(), model, loader, estimator, dm.inputs, dm.targets))
         if is_overridden("test_step", model, self._namespace.LightningModule):
             for metrics in trainer.test(model, datamodule=dm, verbose=False):
                 row.update(scalar_metrics(metrics))
@@ -280,7 +270,7 @@ class ActiveLearningLoop:
         start = time.perf_counter()
         candidates = self._candidates(dm)
         k = check_query_size(k, candidates.numel())
-        needs = frozenset(self.strategy.requires)
+        needs = self.strategy.requires_for(dm.task)
         if self.strategy.streamable:
             loader = dm.pool_dataloader(distributed.shard(candidates))
             scorer = self.strategy.batch_scores  # type: ignore[attr-defined]
@@ -288,7 +278,7 @@ class ActiveLearningLoop:
             row["score_seconds"] = time.perf_counter() - start
             start = time.perf_counter()
             ids, scores = distributed.merge_top_k(*top_k.result(), k)
-            outputs: PoolOutputs | None = PoolOutputs(ids=candidates)
+            outputs: PoolOutputs | None = PoolOutputs(ids=candidates, task=dm.task)
             selection = Selection(ids=ids, scores=scores)
         else:
             outputs = self._gathered_outputs(model, dm, candidates, needs)
@@ -318,7 +308,7 @@ class ActiveLearningLoop:
         """Outputs ``needs`` of ``ids``, each rank predicting its share, merged by id on rank 0 (None elsewhere)."""
         mine = distributed.shard(ids)
         if not needs:
-            return PoolOutputs(ids=ids) if distributed.is_rank_zero() else None
+            return PoolOutputs(ids=ids, task=dm.task) if distributed.is_rank_zero() else None
         dtype = _EMBEDDING_DTYPES[self.embedding_dtype]
         local = predict_outputs(
             self._eval_trainer(),
@@ -329,7 +319,10 @@ class ActiveLearningLoop:
             dm.inputs,
             embedding_dtype=None if dtype == torch.float32 else dtype,
         )
-        return distributed.gather_by_id(local)
+        gathered = distributed.gather_by_id(local)
+        if gathered is not None:
+            gathered.task = dm.task
+        return gathered
 
     def _agree(self, selection: Selection | None) -> Selection:
         """Rank 0's selection, loop generator and estimator state on every rank (a no-op on one process)."""
@@ -380,6 +373,7 @@ class ActiveLearningLoop:
             raise TypeError(f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}.")
         dm = datamodule
         self._namespace = self._check_namespace(model)
+        self._check_task(dm)
         dm.check_batches()
         initial_state = copy.deepcopy(model.state_dict())
         pending = self._start(model, dm, resume, initial_state)
@@ -392,9 +386,11 @@ class ActiveLearningLoop:
                 f"Expected `query_size` to be at most the {dm.pool.num_unlabelled} unlabelled samples, "
                 f"but got {self.query_size}."
             )
-        oracle = self.oracle or DatasetOracle(dm.train_set, dm.target_key)
+        oracle = self.oracle or DatasetOracle(dm.train_set, dm.target_key, dm.task)
         if isinstance(oracle, QueryOracle) and getattr(oracle, "dataset", False) is None:
             oracle.dataset = dm.train_set  # an oracle that shows samples (e.g. their paths) reads them from here
+        if getattr(oracle, "task", False) is None:
+            oracle.task = dm.task  # an oracle that parses labels (e.g. mask files) reads their form from here
         initial_state = self._initial_state if self._initial_state is not None else initial_state
         self._initial_state = initial_state
         while True:
@@ -440,8 +436,33 @@ class ActiveLearningLoop:
                 on_round_end(row)
             if self.finished:
                 if self._round_logger is not None:
-                    self._round_logger.finish(self.history, dm.pool.labelled_round, dm.pool.labels)
+                    self._round_logger.finish(self.history, dm.pool.labelled_round, self._labels_record(dm))
                 return self.history
+
+    @staticmethod
+    def _labels_record(dm: ActiveDataModule) -> Tensor | list[Any]:
+        """Every dataset id's label for the labelled-id record: class indices, or the task's plain description."""
+        if isinstance(dm.pool.labels, Tensor) and dm.pool.labels.ndim == 1:
+            return dm.pool.labels
+        record: list[Any] = [None] * dm.pool.size
+        ids = dm.labelled_ids
+        for i, value in zip(ids.tolist(), dm.task.describe([dm.pool.label_of(i) for i in ids.tolist()]), strict=True):
+            record[i] = value
+        return record
+
+    def _check_task(self, dm: ActiveDataModule) -> None:
+        """The strategy and the estimator must support the datamodule's task, and the estimator provide the outputs."""
+        task = dm.task
+        self.strategy.check_task(task)
+        self.estimator.bind(task)
+        if self.strategy.estimator is not None and self.strategy.estimator is not self.estimator:
+            self.strategy.estimator.bind(task)
+        required = self.strategy.requires_for(task) | frozenset(self.strategy.requires_labelled)
+        if required - self.estimator.provides:
+            raise ValueError(
+                f"Expected the estimator {type(self.estimator).__name__} to provide what {self.strategy!r} requires "
+                f"for {task!r}, {sorted(required)}, but it provides only {sorted(self.estimator.provides)}."
+            )
 
     def _check_namespace(self, model: pl.LightningModule) -> namespace.Namespace:
         """The model's Lightning namespace; the Trainer arguments' callbacks and loggers must share it."""
@@ -474,7 +495,7 @@ class ActiveLearningLoop:
             if loggers:
                 from lightning_al.round_logging import RoundLogger
 
-                self._round_logger = RoundLogger(loggers)
+                self._round_logger = RoundLogger(loggers, task=dm.task)
                 if self._round_logger_state is not None:  # resumed: training steps continue after the saved ones
                     self._round_logger.load_state_dict(self._round_logger_state)
                 self._round_logger.start(self._config(dm))
@@ -485,6 +506,7 @@ class ActiveLearningLoop:
             "strategy": repr(self.strategy),
             "estimator": type(self.estimator).__name__,
             "query_size": self.query_size,
+            "task": repr(dm.task),
             "rounds": self.rounds,
             "budget": self.budget,
             "reset_weights": self.reset_weights,
@@ -497,16 +519,17 @@ class ActiveLearningLoop:
     def _predicted(
         self, model: pl.LightningModule, dm: ActiveDataModule, outputs: PoolOutputs, selection: Selection
     ) -> Tensor | None:
-        """The model's predicted class of each selected id (from the pool's probabilities when scored)."""
+        """The model's predicted label of each selected id (from the pool's probabilities when scored)."""
         if not dm.num_labelled:
             return None
         if PROBS not in outputs.values:
-            outputs = predict_outputs(
-                self._eval_trainer(), model, dm.pool_dataloader(selection.ids), Softmax(), frozenset({PROBS}), dm.inputs
-            )
+            estimator = Softmax()
+            estimator.bind(dm.task)
+            loader = dm.pool_dataloader(selection.ids)
+            outputs = predict_outputs(self._eval_trainer(), model, loader, estimator, frozenset({PROBS}), dm.inputs)
         order = outputs.ids.argsort()
         positions = order[torch.searchsorted(outputs.ids[order], selection.ids)]
-        return outputs[PROBS][positions].argmax(dim=1)
+        return dm.task.predicted(outputs[PROBS][positions])
 
     @staticmethod
     def _ask(oracle: Oracle | QueryOracle, query: Query) -> Tensor:
@@ -533,7 +556,8 @@ class ActiveLearningLoop:
             self._round_logger.log_round(row, query, labels, inputs)
         if self.progress:
             total = f"/{self.rounds + 1}" if self.rounds is not None else ""
-            metric = f" · test_accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            name = dm.task.metric
+            metric = f" · {name} {row[name]:.4f}" if name in row else ""
             _print_rank_zero(f"[lightning_al] round {row['round'] + 1}{total} · {row['num_labelled']} labelled{metric}")
 
     # ----- persistence -------------------------------------------------------------------

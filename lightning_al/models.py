@@ -48,3 +48,77 @@ class MLPClassifier(namespace.default().LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class MultiLabelMLP(MLPClassifier):
+    """:class:`MLPClassifier` for multi-label targets: logits ``(B, num_labels)`` trained with
+    ``binary_cross_entropy_with_logits`` on float 0/1 targets ``(B, num_labels)`` (use with
+    :class:`~lightning_al.tasks.MultiLabel`)."""
+
+    def __init__(
+        self,
+        in_features: int = 192,
+        num_labels: int = 10,
+        hidden: int = 128,
+        dropout: float = 0.25,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__(in_features, num_labels, hidden, dropout, lr, weight_decay)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.binary_cross_entropy_with_logits(self(x), y.float())
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+class SmallUNet(namespace.default().LightningModule):
+    """A two-level U-Net (Ronneberger et al. 2015): ``(B, in_channels, H, W)`` → logits ``(B, num_classes, H, W)``.
+
+    ``H`` and ``W`` must be even. Dropout sits only before the 1×1 head (``head.0``, an ``nn.Dropout2d``), so
+    MC dropout runs the encoder and decoder once per batch and only the head ``T`` times. Trained with
+    pixel-wise cross-entropy that skips ``ignore_index``; use with :class:`~lightning_al.tasks.Segmentation`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        width: int = 16,
+        dropout: float = 0.25,
+        ignore_index: int = 255,
+        lr: float = 3e-3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.down = _conv_block(in_channels, width)
+        self.bottom = _conv_block(width, 2 * width)
+        self.up = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.decode = _conv_block(2 * width, width)
+        self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.down(x)
+        bottom = self.bottom(nn.functional.max_pool2d(skip, 2))
+        return self.head(self.decode(torch.cat([skip, self.up(bottom)], dim=1)))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, mask = batch
+        loss = nn.functional.cross_entropy(self(x), mask.long(), ignore_index=self.hparams.ignore_index)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

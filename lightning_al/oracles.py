@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -11,13 +11,17 @@ from torch.utils.data import Dataset
 from lightning_al.data.pool import as_id_tensor
 from lightning_al.data.targets import Key, dataset_targets
 
+if TYPE_CHECKING:
+    from lightning_al.tasks import Task
+
 
 @runtime_checkable
 class Oracle(Protocol):
     """Anything that labels dataset ids.
 
-    ``label(ids)`` receives a ``LongTensor[k]`` of dataset ids and returns a
-    ``LongTensor[k]`` of class indices, one per id, in the same order.
+    ``label(ids)`` receives a ``LongTensor[k]`` of dataset ids and returns one label per id, in the same
+    order: a ``LongTensor[k]`` of class indices, or for other tasks a ``(k, L)`` 0/1 tensor (multi-label) or
+    ``k`` masks (segmentation: a ``(k, H, W)`` tensor or a list of ``(H, W)`` tensors).
     """
 
     def label(self, ids: Tensor) -> Tensor: ...
@@ -31,7 +35,8 @@ class Query:
         round: the round whose model made the query (its answers are recorded as round ``round + 1``).
         ids: ``LongTensor[k]`` dataset ids, in the order the strategy chose them.
         scores: ``DoubleTensor[k]`` the strategy's acquisition scores (higher = chosen first), or None.
-        predicted: ``LongTensor[k]`` the model's predicted class (argmax of its softmax), or None when
+        predicted: the model's predicted labels in the task's form (``LongTensor[k]`` classes: argmax of its
+            softmax; ``(k, L)`` 0/1 for multi-label; ``(k, H, W)`` masks for segmentation), or None when
             no labelled data has trained a model yet, or when nobody reads it (the loop computes it for a
             :class:`QueryOracle` or an experiment logger).
     """
@@ -67,12 +72,14 @@ class DatasetOracle:
     Args:
         dataset: the dataset the ids index into (the raw training set).
         target_key: where the target sits in an item (tuple index or dict key).
+        task: the form of the labels (class indices by default; 0/1 vectors, masks: see :mod:`lightning_al.tasks`).
     """
 
-    def __init__(self, dataset: Dataset, target_key: int | str = 1) -> None:
+    def __init__(self, dataset: Dataset, target_key: int | str = 1, task: Task | None = None) -> None:
         self.dataset = dataset
         self.target_key: Key = target_key
+        self.task = task
 
-    def label(self, ids: Tensor) -> Tensor:
+    def label(self, ids: Tensor) -> Tensor | list[Tensor]:
         ids = as_id_tensor("ids", ids)
-        return dataset_targets(self.dataset, ids, self.target_key)
+        return dataset_targets(self.dataset, ids, self.target_key, self.task)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,12 @@ from torch import Tensor
 
 from lightning_al import namespace
 from lightning_al._validation import check_int
+from lightning_al.data.pool import resolve_task
 from lightning_al.distributed import rank_zero_only
 from lightning_al.oracles import Query
+
+if TYPE_CHECKING:
+    from lightning_al.tasks import Task
 
 PREFIX = "al/"
 STEP_METRIC = "al/num_labelled"
@@ -204,24 +208,32 @@ def image_thumbnails(inputs: Any, limit: int) -> list[Any] | None:
     return [image.squeeze(-1).numpy() if image.shape[-1] == 1 else image.numpy() for image in pixels_K_H_W_C]
 
 
-def learning_curve(history: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Columns ``num_labelled, test_accuracy, round`` (then other ``test_*`` metrics), one row per tested round."""
+def learning_curve(
+    history: Sequence[Mapping[str, Any]], metric: str = "test_accuracy"
+) -> tuple[list[str], list[list[Any]]]:
+    """Columns ``num_labelled, <metric>, round`` (then other ``test_*`` metrics), one row per tested round."""
     rows = [scalar_entries(row) for row in history]
-    rows = [row for row in rows if "test_accuracy" in row and "num_labelled" in row]
+    rows = [row for row in rows if metric in row and "num_labelled" in row]
     extra = sorted(
-        {key for row in rows for key in row if key.startswith("test_") and not key.endswith("_seconds")}
-        - {"test_accuracy"}
+        {key for row in rows for key in row if key.startswith("test_") and not key.endswith("_seconds")} - {metric}
     )
-    columns = ["num_labelled", "test_accuracy", "round", *extra]
+    columns = ["num_labelled", metric, "round", *extra]
     return columns, [[row.get(column) for column in columns] for row in rows]
 
 
-def labelled_id_records(labelled_round: Tensor, labels: Tensor) -> list[dict[str, int]]:
-    """``{"id", "round", "label"}`` for every labelled dataset id (``labelled_round >= 0``), by increasing id."""
+def labelled_id_records(labelled_round: Tensor, labels: Tensor | Sequence[Any]) -> list[dict[str, Any]]:
+    """``{"id", "round", "label"}`` for every labelled dataset id (``labelled_round >= 0``), by increasing id.
+
+    ``labels`` has one entry per dataset id: a tensor of class indices, or plain values (e.g. the positive
+    labels of a multi-label sample, the classes present in a mask) where labelled.
+    """
     if not isinstance(labelled_round, Tensor) or labelled_round.ndim != 1 or labelled_round.is_floating_point():
         raise ValueError(
             f"Expected `labelled_round` to be an integer tensor of shape (N,), but got {labelled_round!r}."
         )
+    if isinstance(labels, Sequence) and len(labels) == labelled_round.shape[0]:
+        ids = torch.nonzero(labelled_round >= 0).flatten().tolist()
+        return [{"id": i, "round": int(labelled_round[i]), "label": labels[i]} for i in ids]
     if not isinstance(labels, Tensor) or labels.shape != labelled_round.shape:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(
@@ -266,7 +278,9 @@ class RoundLogger:
         max_thumbnails: at most this many of them get an image thumbnail.
     """
 
-    def __init__(self, loggers: Any, max_table_rows: int = 1000, max_thumbnails: int = 64) -> None:
+    def __init__(
+        self, loggers: Any, max_table_rows: int = 1000, max_thumbnails: int = 64, task: Task | None = None
+    ) -> None:
         loggers = [loggers] if isinstance(loggers, namespace.classes(_LOGGER)) else loggers
         if not isinstance(loggers, Sequence) or isinstance(loggers, str):
             raise TypeError(f"Expected `loggers` to be a Logger or a sequence of Loggers, but got {loggers!r}.")
@@ -278,6 +292,7 @@ class RoundLogger:
         self.loggers: list[Any] = list(loggers)
         self.max_table_rows = max_table_rows
         self.max_thumbnails = max_thumbnails
+        self.task = resolve_task(task, None)
         self._fit_state = _FitState()
         self._wandb_defined: set[tuple[int, str]] = set()
 
@@ -331,7 +346,9 @@ class RoundLogger:
                 logger.experiment.add_histogram(QUERY_SCORES_KEY, scores, global_step=step)
 
     @rank_zero_only
-    def finish(self, history: Sequence[Mapping[str, Any]], labelled_round: Tensor, labels: Tensor) -> None:
+    def finish(
+        self, history: Sequence[Mapping[str, Any]], labelled_round: Tensor, labels: Tensor | Sequence[Any]
+    ) -> None:
         """Log the learning curve and the labelled-id history (W&B), then save every logger. Runs stay open."""
         records = labelled_id_records(labelled_round, labels)
         for index, logger in enumerate(self.loggers):
@@ -393,9 +410,9 @@ class RoundLogger:
         if query.scores is not None:
             columns["score"] = [float(s) if torch.isfinite(s) else None for s in query.scores[:rows].double()]
         if query.predicted is not None:
-            columns["predicted"] = query.predicted[:rows].tolist()
+            columns["predicted"] = self.task.describe(query.predicted[:rows])
         if labels is not None:
-            columns["label"] = labels[:rows].tolist()
+            columns["label"] = self.task.describe(labels[:rows])
         thumbnails = image_thumbnails(inputs, min(rows, self.max_thumbnails))
         if thumbnails is not None:
             images = [wandb.Image(pixels) for pixels in thumbnails]
@@ -409,10 +426,10 @@ class RoundLogger:
         import wandb
 
         run = logger.experiment
-        columns, rows = learning_curve(history)
+        columns, rows = learning_curve(history, self.task.metric)
         if rows:
             table = wandb.Table(columns=columns, data=rows)
-            chart = wandb.plot.line(table, "num_labelled", "test_accuracy", title="Learning curve")
+            chart = wandb.plot.line(table, "num_labelled", self.task.metric, title="Learning curve")
             # a chart logged as "<key>" is stored in history as its table, "<key>_table"
             keys = (LEARNING_CURVE_KEY, f"{LEARNING_CURVE_PLOT_KEY}_table")
             # logged at the last x explicitly: W&B's own step sync does not always fill it in offline runs
@@ -436,7 +453,11 @@ class RoundLogger:
             raise TypeError(f"Expected `query` to be a lightning_al Query, but got {type(query).__name__}.")
         k = query.ids.numel()
         for name, value in (("query.scores", query.scores), ("query.predicted", query.predicted), ("labels", labels)):
-            if value is not None and (not isinstance(value, Tensor) or value.shape != (k,)):
+            # scores: one per id; predictions and labels: one per id along dim 0 (vectors, masks)
+            ok = isinstance(value, Tensor) and value.shape[:1] == (k,) and (name != "query.scores" or value.ndim == 1)
+            if name == "labels" and isinstance(value, list):
+                ok = len(value) == k
+            if value is not None and not ok:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(f"Expected `{name}` to have shape ({k},), one entry per queried id, but got {shape}.")
         if isinstance(inputs, Tensor) and (inputs.ndim == 0 or inputs.shape[0] != k):

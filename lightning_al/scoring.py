@@ -28,7 +28,7 @@ from lightning_al import namespace
 from lightning_al.data.batches import batch_ids, move_indexed_batch
 from lightning_al.estimators import Estimator
 from lightning_al.functional._checks import check_scores
-from lightning_al.outputs import EMBEDDINGS, PoolOutputs
+from lightning_al.outputs import EMBEDDINGS, PROBS, VALID, PoolOutputs
 
 TARGETS = "targets"
 _IDS = "ids"
@@ -171,14 +171,17 @@ def _num_samples(loader: Any) -> int | None:
     return None
 
 
-class _Scorer:
-    """Wraps the user's model so that ``predict_step`` collects the estimator's outputs and ids.
+# Receives each predicted batch: its dataset ids, the estimator's outputs (detached, finite) and the batch.
+BatchSink = Callable[[Tensor, dict[str, Tensor], Any], None]
 
-    With a ``host`` collection, each batch's outputs (and ids, and targets) are copied into it, with
-    the embeddings cast to ``embedding_dtype`` on the device first when given. With a ``top_k`` and
-    a ``scorer``, each batch is scored on the device and only the running top ``k`` is kept.
-    ``predict_step`` returns nothing either way (Lightning keeps no list of batches). Combined with the
-    Trainer's own ``LightningModule`` class by :func:`_scorer`.
+
+class _Scorer:
+    """Wraps the user's model so that ``predict_step`` hands the estimator's outputs of each batch to ``sink``.
+
+    ``predict_step`` returns nothing (Lightning keeps no list of batches); the sink keeps what it needs: a
+    host copy (:func:`predict_outputs`), a running top ``k`` (:func:`stream_top_k`) or metric states
+    (:func:`stream_metrics`). With ``host``, its tensors are sized for the loader when prediction starts.
+    Combined with the Trainer's own ``LightningModule`` class by :func:`_scorer`.
     """
 
     def __init__(
@@ -187,19 +190,14 @@ class _Scorer:
         estimator: Estimator,
         needs: frozenset[str],
         inputs: Callable[[Any], Any],
-        targets: Callable[[Any], Tensor] | None,
-        scorer: BatchScorer | None = None,
-        top_k: RunningTopK | None = None,
+        sink: BatchSink,
         host: _HostOutputs | None = None,
-        embedding_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.estimator_modules = nn.ModuleList(estimator.modules())
         self.estimator, self.needs = estimator, needs
-        self.inputs, self.targets = inputs, targets
-        self.scorer, self.top_k = scorer, top_k
-        self.host, self.embedding_dtype = host, embedding_dtype
+        self.inputs, self.sink, self.host = inputs, sink, host
 
     def on_predict_start(self) -> None:
         if self.host is not None:  # the loader as Lightning runs it (e.g. with a DistributedSampler)
@@ -215,18 +213,10 @@ class _Scorer:
             values = self.estimator.predict(self.model, self.inputs(batch), self.needs)
         values = {name: values[name].detach() for name in self.needs}
         _refuse_non_finite(ids, values)
-        if self.scorer is not None and self.top_k is not None:
-            scores = self.scorer(PoolOutputs(ids=ids, values=values))
-            check_scores("scores", scores)
-            self.top_k.update(ids, scores)
-        elif self.host is not None:
-            if self.embedding_dtype is not None and EMBEDDINGS in values:
-                values[EMBEDDINGS] = _cast_embeddings(ids, values[EMBEDDINGS], self.embedding_dtype)
-            if self.targets is not None:
-                values[TARGETS] = self.targets(batch)
-                _refuse_non_finite(ids, {TARGETS: values[TARGETS]})
-            values[_IDS] = ids
-            self.host.add(values)
+        valid = self.estimator.task.valid_region(batch)
+        if valid is not None:
+            values[VALID] = valid
+        self.sink(ids, values, batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_indexed_batch(batch, device)
@@ -276,12 +266,21 @@ def predict_outputs(
     """
     _check_provides(estimator, needs)
     host = _HostOutputs()
-    scorer = _scorer(trainer, model, estimator, needs, inputs, targets, host=host, embedding_dtype=embedding_dtype)
-    _predict_quietly(trainer, scorer, loader)
+
+    def keep(ids: Tensor, values: dict[str, Tensor], batch: Any) -> None:
+        if embedding_dtype is not None and EMBEDDINGS in values:
+            values[EMBEDDINGS] = _cast_embeddings(ids, values[EMBEDDINGS], embedding_dtype)
+        if targets is not None:
+            values[TARGETS] = targets(batch)
+            _refuse_non_finite(ids, {TARGETS: values[TARGETS]})
+        values[_IDS] = ids
+        host.add(values)
+
+    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, keep, host=host), loader)
     if not host.count:
-        return PoolOutputs(ids=torch.empty(0, dtype=torch.long))
+        return PoolOutputs(ids=torch.empty(0, dtype=torch.long), task=estimator.task)
     values = host.result()
-    return PoolOutputs(ids=values.pop(_IDS), values=values)
+    return PoolOutputs(ids=values.pop(_IDS), values=values, task=estimator.task)
 
 
 def stream_top_k(
@@ -302,6 +301,43 @@ def stream_top_k(
     """
     _check_provides(estimator, needs)
     top_k = RunningTopK(k)
-    module = _scorer(trainer, model, estimator, needs, inputs, None, scorer=scorer, top_k=top_k)
-    _predict_quietly(trainer, module, loader)
+
+    def rank(ids: Tensor, values: dict[str, Tensor], batch: Any) -> None:
+        scores = scorer(PoolOutputs(ids=ids, values=values, task=estimator.task))
+        check_scores("scores", scores)
+        top_k.update(ids, scores)
+
+    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, rank), loader)
     return top_k
+
+
+def stream_metrics(
+    trainer: Any,
+    model: nn.Module,
+    loader: DataLoader,
+    estimator: Estimator,
+    inputs: Callable[[Any], Any],
+    targets: Callable[[Any], Tensor],
+) -> dict[str, float]:
+    """The task's test metrics (:meth:`~lightning_al.tasks.Task.metrics`) over ``loader``, updated batch by batch.
+
+    Only the metrics' states are kept (a confusion matrix for mean IoU), never the probabilities of the
+    whole set. Nothing is reduced across processes: each rank measures the loader it is given.
+    """
+    task = estimator.task
+    metrics: dict[str, Any] = {}
+
+    def update(ids: Tensor, values: dict[str, Tensor], batch: Any) -> None:
+        probs = values[PROBS]
+        if not metrics:
+            metrics.update({name: metric.to(probs.device) for name, metric in task.metrics(probs).items()})
+            for metric in metrics.values():
+                metric.sync_on_compute = False  # every rank tests the whole set itself
+        batch_targets = task.metric_targets(targets(batch).to(probs.device))
+        for metric in metrics.values():
+            metric.update(probs, batch_targets)
+
+    needs = frozenset({PROBS})
+    _check_provides(estimator, needs)
+    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, update), loader)
+    return {name: float(metric.compute()) for name, metric in metrics.items()}

@@ -119,7 +119,8 @@ def test_any_estimator_providing_mc_probs_is_used(cls):
 @pytest.mark.parametrize("cls", [BALD, VariationRatios, MeanSTD, MaxEntropy, QBC])
 def test_bad_estimators_and_sample_counts_are_refused(cls):
     with pytest.raises(
-        ValueError, match=r"`estimator` to provide 'mc_probs' .*but Softmax provides only \['embeddings', 'probs'\]"
+        ValueError,
+        match=r"`estimator` to provide 'mc_probs' .*but Softmax provides only \['embeddings', 'grad_embeddings'",
     ):
         cls(estimator=Softmax())
     with pytest.raises(TypeError, match="`estimator` to be a lightning_al Estimator or None, but got str"):

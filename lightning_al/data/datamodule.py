@@ -18,6 +18,7 @@ from lightning_al.data.pool import ActivePool, as_id_tensor
 from lightning_al.data.samplers import RepeatedShuffleSampler
 from lightning_al.data.targets import Key, dataset_targets, input_of, replace_target
 from lightning_al.model_call import model_inputs
+from lightning_al.tasks import Task
 
 Collate = Callable[[list[Any]], Any]
 
@@ -25,14 +26,15 @@ Collate = Callable[[list[Any]], Any]
 class _Relabelled(Dataset):
     """``dataset`` whose items carry ``labels[index]`` (the pool's record) instead of their own target."""
 
-    def __init__(self, dataset: Dataset, labels: Tensor, target_key: Key) -> None:
-        self.dataset, self.labels, self.target_key = dataset, labels, target_key
+    def __init__(self, dataset: Dataset, labels: Any, target_key: Key, task: Task) -> None:
+        self.dataset, self.labels, self.target_key, self.task = dataset, labels, target_key, task
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        return replace_target(self.dataset[index], self.target_key, int(self.labels[index]))
+        label = self.task.training_target(self.labels[index])
+        return replace_target(self.dataset[index], self.target_key, label)
 
 
 class _TrainOnly(namespace.LightningDataModule):
@@ -73,6 +75,10 @@ class ActiveDataModule(namespace.LightningDataModule):
         initial_labelled: number of samples labelled at random before the first round.
         initial_per_class: alternatively, label this many samples of every class (class-balanced).
         num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
+        task: what a label is and how the model's outputs are read: ``MultiClass`` (default, with
+            ``num_classes``), ``MultiLabel`` or ``Segmentation`` (see :mod:`lightning_al.tasks`). The loop takes
+            it from here for the estimator, the strategies and the test metrics. Training items carry the
+            pool's label as the task gives it: a class index, a float32 0/1 vector, or an ``(H, W)`` long mask.
         batch_size: training batch size.
         eval_batch_size: batch size for the pool, validation and test sets.
         min_steps_per_epoch: repeat the labelled set in fresh shuffles so that every epoch has at
@@ -98,6 +104,7 @@ class ActiveDataModule(namespace.LightningDataModule):
         initial_labelled: int = 0,
         initial_per_class: int | None = None,
         num_classes: int | None = None,
+        task: Task | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 256,
         min_steps_per_epoch: int = 0,
@@ -148,7 +155,13 @@ class ActiveDataModule(namespace.LightningDataModule):
         self.eval_collate_fn = eval_collate_fn or self.collate_fn
         self._collate_by_set: dict[int, Collate] = {}  # a validation or test set's own collate function
         self.input_key, self.target_key, self.seed = input_key, target_key, seed
-        self.pool = ActivePool(len(train_set), num_classes=num_classes)
+        self.pool = ActivePool(len(train_set), num_classes=num_classes, task=task)
+        self.task = self.pool.task
+        if initial_per_class is not None and self.task.name != "multiclass":
+            raise ValueError(
+                f"Expected `initial_per_class` only with single-label classification, but the task is {self.task!r}; "
+                "use `initial_labelled`."
+            )
         self.clear_pseudo_labels()
         # As in LightningDataModule.from_datasets: only the loaders that exist are defined,
         # so Lightning neither warns about nor runs an empty validation/test loop.
@@ -158,7 +171,7 @@ class ActiveDataModule(namespace.LightningDataModule):
             self.test_dataloader = functools.partial(self.eval_dataloader, test_set)
         initial_ids = self._initial_ids(initial_labelled, initial_per_class)
         if initial_ids.numel():
-            self.pool.label(initial_ids, dataset_targets(train_set, initial_ids, target_key), round=0)
+            self.label(initial_ids, dataset_targets(train_set, initial_ids, target_key, self.task), round=0)
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> ActiveDataModule:
@@ -202,7 +215,7 @@ class ActiveDataModule(namespace.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         if initial_per_class is None:
             return torch.randperm(self.pool.size, generator=generator)[:initial_labelled]
-        targets = dataset_targets(self.train_set, torch.arange(self.pool.size), self.target_key)
+        targets = dataset_targets(self.train_set, torch.arange(self.pool.size), self.target_key, self.task)
         chosen = []
         for cls in targets.unique().tolist():
             members = (targets == cls).nonzero().flatten()
@@ -231,6 +244,9 @@ class ActiveDataModule(namespace.LightningDataModule):
         """Record ``labels`` for dataset ``ids`` (unlabelled, unique); ``round`` defaults to a new round."""
         if round is None:
             round = int(self.pool.labelled_round.max()) + 1 if self.pool.size else 0
+        ids = self.pool.check_unlabelled(ids)
+        labels = self.pool.check_labels(labels, ids)
+        self.task.check_fits(labels, ids, self.train_set.__getitem__)
         self.pool.label(ids, labels, round)
 
     def inputs(self, batch: Any) -> Any:
@@ -280,8 +296,7 @@ class ActiveDataModule(namespace.LightningDataModule):
             raise ValueError(
                 f"Expected one pseudo-label per id, shape {tuple(ids.shape)}, but got {tuple(labels.shape)}."
             )
-        self.pool.check_labels(labels, ids)
-        self._pseudo_ids, self._pseudo_labels = ids, labels
+        self._pseudo_ids, self._pseudo_labels = ids, self.pool.check_labels(labels, ids)
 
     def clear_pseudo_labels(self) -> None:
         self._pseudo_ids = self._pseudo_labels = torch.empty(0, dtype=torch.long)
@@ -317,7 +332,7 @@ class ActiveDataModule(namespace.LightningDataModule):
         if self.min_steps_per_epoch:  # whole batches only: the last one is topped up from the next shuffle
             num_samples = max(self.min_steps_per_epoch, -(-num_samples // self.batch_size)) * self.batch_size
         sampler = RepeatedShuffleSampler(ids.numel(), num_samples, generator)
-        labelled = _Relabelled(self.train_set, labels, self.target_key)
+        labelled = _Relabelled(self.train_set, labels, self.target_key, self.task)
         return self._loader(labelled, ids, batch_size=self.batch_size, sampler=sampler)
 
     def resampled(self, ids: Tensor) -> namespace.LightningDataModule:

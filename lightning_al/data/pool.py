@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-UNLABELLED = -1
+if TYPE_CHECKING:
+    from lightning_al.tasks import Task
 
-
-def as_id_tensor(name: str, ids: Any) -> Tensor:
-    """Convert ``ids`` (sequence or tensor of ints) to a 1-D ``LongTensor`` or raise a clear error."""
-    tensor = ids if isinstance(ids, Tensor) else torch.as_tensor(list(ids) if not hasattr(ids, "__array__") else ids)
-    if tensor.ndim != 1:
-        raise ValueError(f"Expected `{name}` to be one-dimensional, but got shape {tuple(tensor.shape)}.")
-    if tensor.numel() and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
-        raise TypeError(f"Expected `{name}` to hold integers, but got dtype {tensor.dtype}.")
-    return tensor.to(device="cpu", dtype=torch.long)
-
-
-def as_dataset_ids(name: str, ids: Any, size: int) -> Tensor:
-    """``ids`` as a 1-D ``LongTensor`` of indices into a dataset of ``size`` samples, or a clear error."""
-    ids = as_id_tensor(name, ids)
-    unknown = ids[(ids < 0) | (ids >= size)]
-    if unknown.numel():
-        raise ValueError(
-            f"Expected `{name}` to be dataset indices in [0, {size}), but got unknown ids {unknown[:10].tolist()}."
-        )
-    return ids
+from lightning_al._ids import UNLABELLED, as_dataset_ids, as_id_tensor
 
 
 class ActivePool:
@@ -36,24 +18,28 @@ class ActivePool:
 
     For each sample the pool stores the round at which it was labelled (``-1`` while
     unlabelled) and the label it received, so the labelling history is never lost
-    (a design borrowed from baal's ``ActiveLearningDataset``).
+    (a design borrowed from baal's ``ActiveLearningDataset``). The task decides what a label is
+    (a class index, a 0/1 vector, a mask) and how it is stored: ``labels`` is a ``LongTensor[size]``
+    for single-label classification (``-1`` while unlabelled).
 
     Args:
         size: number of samples in the dataset.
-        num_classes: if given, labels must lie in ``[0, num_classes)``.
+        num_classes: if given, labels must lie in ``[0, num_classes)`` (single-label classification).
+        task: the task (:mod:`lightning_al.tasks`); default ``MultiClass(num_classes)``.
     """
 
-    def __init__(self, size: int, num_classes: int | None = None) -> None:
+    def __init__(self, size: int, num_classes: int | None = None, task: Task | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"Expected `size` to be a non-negative int, but got {size!r}.")
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
         ):
             raise ValueError(f"Expected `num_classes` to be a positive int or None, but got {num_classes!r}.")
+        self.task = resolve_task(task, num_classes)
         self.size = size
-        self.num_classes = num_classes
+        self.num_classes = self.task.num_classes
         self.labelled_round = torch.full((size,), UNLABELLED, dtype=torch.long)
-        self.labels = torch.full((size,), UNLABELLED, dtype=torch.long)
+        self.labels = self.task.empty_labels(size)
 
     @property
     def labelled_mask(self) -> Tensor:
@@ -98,15 +84,9 @@ class ActivePool:
             )
         return ids
 
-    def check_labels(self, labels: Tensor, ids: Tensor) -> None:
-        """Raise unless ``labels`` (LongTensor) are class indices; ``ids`` name the samples in the message."""
-        bad = (labels < 0) if self.num_classes is None else (labels < 0) | (labels >= self.num_classes)
-        if bad.any():
-            allowed = "non-negative" if self.num_classes is None else f"in [0, {self.num_classes})"
-            raise ValueError(
-                f"Expected `labels` to be class indices {allowed}, but got {labels[bad][:10].tolist()} "
-                f"for ids {ids[bad][:10].tolist()}."
-            )
+    def check_labels(self, labels: Any, ids: Tensor) -> Tensor | list[Tensor]:
+        """``labels`` for ``ids`` in the task's form, validated (a ValueError naming the ids otherwise)."""
+        return self.task.as_labels(labels, ids)
 
     def label(self, ids: Any, labels: Any, round: int) -> None:
         """Record ``labels`` for the unlabelled samples ``ids`` at ``round``.
@@ -114,24 +94,23 @@ class ActivePool:
         Everything is validated before anything changes: on any error the pool is untouched.
         """
         ids = self.check_unlabelled(ids)
-        labels = as_id_tensor("labels", labels)
-        if labels.shape != ids.shape:
-            raise ValueError(
-                f"Expected `labels` to have one label per id, shape {tuple(ids.shape)}, "
-                f"but got shape {tuple(labels.shape)}."
-            )
-        self.check_labels(labels, ids)
+        labels = self.check_labels(labels, ids)
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels
         self.labelled_round[ids] = round
 
+    def label_of(self, index: int) -> Tensor:
+        """The stored label of dataset id ``index`` (labelled)."""
+        return self.labels[index]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "size": self.size,
             "num_classes": self.num_classes,
+            "task": repr(self.task),
             "labelled_round": self.labelled_round.clone(),
-            "labels": self.labels.clone(),
+            "labels": self.task.labels_state(self.labels),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -145,16 +124,32 @@ class ActivePool:
                 f"Expected a pool state for a dataset of {self.size} samples, but got one for {state['size']}."
             )
         labelled_round = as_id_tensor("labelled_round", state["labelled_round"])
-        labels = as_id_tensor("labels", state["labels"])
-        if labelled_round.shape != (self.size,) or labels.shape != (self.size,):
+        if labelled_round.shape != (self.size,):
             raise ValueError(f"Expected pool tensors of shape ({self.size},) in the state.")
         if state.get("num_classes", self.num_classes) != self.num_classes:
             raise ValueError(
                 f"Expected a pool state for {self.num_classes} classes, but got one for {state['num_classes']}."
             )
-        labelled = labelled_round != UNLABELLED
-        if (labelled_round < UNLABELLED).any() or (labels[~labelled] != UNLABELLED).any():
+        if state.get("task", repr(self.task)) != repr(self.task):
+            raise ValueError(f"Expected a pool state for the task {self.task!r}, but got one for {state['task']}.")
+        if (labelled_round < UNLABELLED).any():
             raise ValueError("Expected rounds >= 0 for labelled samples and -1 (with label -1) for unlabelled ones.")
-        self.check_labels(labels[labelled], labelled.nonzero().flatten())
+        labelled_ids = (labelled_round != UNLABELLED).nonzero().flatten()
+        labels = state["labels"]
+        if isinstance(labels, Tensor) and labels.shape[:1] != (self.size,):
+            raise ValueError(f"Expected pool tensors of shape ({self.size},) in the state.")
+        self.labels = self.task.labels_from_state(labels, labelled_ids)
         self.labelled_round = labelled_round.clone()
-        self.labels = labels.clone()
+
+
+def resolve_task(task: Task | None, num_classes: int | None) -> Task:
+    """``task``, or ``MultiClass(num_classes)`` when None; refuses a ``num_classes`` the task contradicts."""
+    from lightning_al.tasks import MultiClass, Task
+
+    if task is None:
+        return MultiClass(num_classes)
+    if not isinstance(task, Task):
+        raise TypeError(f"Expected `task` to be a lightning_al.tasks task, but got {type(task).__name__}.")
+    if num_classes is not None and num_classes != task.num_classes:
+        raise ValueError(f"Expected `num_classes` to match the task {task!r}, but got {num_classes}.")
+    return task

@@ -7,36 +7,23 @@ An item is a tuple/list (the target at an integer ``target_key``, 1 by default),
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_al.data.pool import as_dataset_ids
+from lightning_al._ids import as_dataset_ids
+from lightning_al.tasks.base import stack_or_list
+
+if TYPE_CHECKING:
+    from lightning_al.tasks import Task
 
 Key = int | str
 
 
-def _as_class_index(value: Any, index: int, key: Key) -> int:
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_floating_point():
-            raise ValueError(
-                f"Expected the target of dataset item {index} at key {key!r} to be a single class index, "
-                f"but got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}."
-            )
-        return int(value)
-    if hasattr(value, "dtype") and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(
-            f"Expected the target of dataset item {index} at key {key!r} to be a class index, but got {value!r}."
-        )
-    return value
-
-
-def read_target(item: Any, key: Key, index: int) -> int:
-    """The class index stored under ``key`` in ``item`` (the dataset item at ``index``)."""
+def read_target(item: Any, key: Key, index: int, task: Task | None = None) -> Tensor:
+    """The label stored under ``key`` in ``item`` (the dataset item at ``index``), in the task's form."""
     try:
         if isinstance(item, Mapping) or (isinstance(item, Sequence) and not isinstance(item, str)):
             value = item[key]
@@ -47,10 +34,16 @@ def read_target(item: Any, key: Key, index: int) -> int:
             f"Expected dataset item {index} to carry a target at key {key!r} for the simulated oracle, "
             f"but got a {type(item).__name__} without one. Set `target_key`, or label with another oracle."
         ) from None
-    return _as_class_index(value, index, key)
+    return _task(task).read_label(value, f"the target of dataset item {index} at key {key!r}")
 
 
-def replace_target(item: Any, key: Key, label: int) -> Any:
+def _task(task: Task | None) -> Task:
+    from lightning_al.tasks import MultiClass
+
+    return MultiClass() if task is None else task
+
+
+def replace_target(item: Any, key: Key, label: Any) -> Any:
     """``item`` with its target under ``key`` set to ``label``.
 
     A tuple without a target at ``key`` gets it appended; a bare input becomes ``(input, label)``.
@@ -71,18 +64,28 @@ def replace_target(item: Any, key: Key, label: int) -> Any:
     return tuple(out)
 
 
-def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1) -> Tensor:
-    """``LongTensor`` of the targets of ``dataset`` at ``ids`` (fast path for ``TensorDataset``)."""
+def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1, task: Task | None = None) -> Tensor | list[Tensor]:
+    """The targets of ``dataset`` at ``ids`` in the task's form (fast path for a ``TensorDataset``).
+
+    Single-label: ``LongTensor[k]``; multi-label: ``(k, L)``; segmentation: ``(k, H, W)`` masks (a list when
+    sizes differ).
+    """
     ids = as_dataset_ids("ids", ids, len(dataset))
+    task = _task(task)
     if (
         isinstance(dataset, TensorDataset)
         and isinstance(key, int)
         and -len(dataset.tensors) <= key < len(dataset.tensors)
     ):
         targets = dataset.tensors[key]
-        if targets.ndim == 1 and not targets.is_floating_point():
+        if task.name == "multiclass" and targets.ndim == 1 and not targets.is_floating_point():
             return targets[ids].to(torch.long).cpu()
-    return torch.tensor([read_target(dataset[i], key, i) for i in ids.tolist()], dtype=torch.long)
+        if task.name != "multiclass":
+            return task.as_labels(targets[ids].cpu(), ids)
+    labels = [read_target(dataset[i], key, i, task) for i in ids.tolist()]
+    if not labels:
+        return task.as_labels(torch.zeros(0, dtype=torch.long), ids) if task.name == "multiclass" else []
+    return stack_or_list(labels)
 
 
 def input_of(batch: Any, key: Key = 0, what: str = "model input", argument: str = "input_key") -> Any:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 from torch import Tensor, nn
 
 from lightning_al.estimators.embeddings import capture_embeddings
 from lightning_al.model_call import apply, call_model
-from lightning_al.outputs import EMBEDDINGS, PROBS
+from lightning_al.outputs import EMBEDDINGS, GRAD_EMBEDDINGS, PROBS
+from lightning_al.tasks import ALL_TASKS, MultiClass, Task
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -43,6 +43,19 @@ class Estimator:
     provides: frozenset[str] = frozenset()
     # True: ``predict`` also receives ``ids=`` (the batch's dataset ids), e.g. to look up cached features.
     needs_ids: bool = False
+    # The tasks (names) whose outputs this estimator computes; the loop refuses others before a run.
+    tasks: frozenset[str] = frozenset({"multiclass"})
+    # How logits become probabilities (and embeddings are pooled): the datamodule's task, set by :meth:`bind`.
+    task: Task = MultiClass()
+
+    def bind(self, task: Task) -> None:
+        """Use ``task`` from now on (the loop calls it with the datamodule's task before scoring)."""
+        if task.name not in self.tasks:
+            raise ValueError(
+                f"Expected a task the estimator {type(self).__name__} supports ({sorted(self.tasks)}), "
+                f"but the datamodule's task is {task!r}."
+            )
+        self.task = task
 
     def callbacks(self) -> list[pl.Callback]:
         """Callbacks added to every round's fit of the main model."""
@@ -67,39 +80,48 @@ class Estimator:
 
 
 class Softmax(Estimator):
-    """One deterministic forward pass in eval mode: ``probs = softmax(model(x))``, shape ``(B, C)``.
+    """One deterministic forward pass in eval mode: ``probs = task.probs(model(x))``.
 
-    The model's ``forward`` must return logits of shape ``(B, C)``. When ``embeddings`` are
-    needed they are captured in the same pass: the model's ``embed(x)`` if it has one, else
-    the output of ``embedding_layer`` (a module name), else the input of its last linear layer.
+    For the default task, ``softmax`` of ``(B, C)`` logits (see :mod:`lightning_al.tasks` for the sigmoids of
+    multi-label and the per-pixel softmax of segmentation). When ``embeddings`` are needed they are captured
+    in the same pass: the model's ``embed(x)`` if it has one, else the output of ``embedding_layer`` (a module
+    name), else the input of its head (the last ``nn.Linear``; for segmentation the last ``nn.Conv2d``),
+    pooled by the task (flattened; averaged over pixels for segmentation). ``grad_embeddings`` are the
+    task's BADGE gradient embeddings from the same features (segmentation).
 
     Args:
         embedding_layer: name of the layer whose output serves as embedding (``model.named_modules()``).
     """
 
-    provides = frozenset({PROBS, EMBEDDINGS})
+    provides = frozenset({PROBS, EMBEDDINGS, GRAD_EMBEDDINGS})
+    tasks = ALL_TASKS
 
     def __init__(self, embedding_layer: str | None = None) -> None:
         self.embedding_layer = embedding_layer
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
         model.eval()
-        if EMBEDDINGS not in needs:
-            return {PROBS: _softmax(call_model(model, inputs))}
+        task = self.task
+        if not needs & {EMBEDDINGS, GRAD_EMBEDDINGS}:
+            return {PROBS: task.probs(call_model(model, inputs))}
         if self.embedding_layer is None and callable(getattr(model, "embed", None)):
-            return {
-                PROBS: _softmax(call_model(model, inputs)),
-                EMBEDDINGS: apply(model.embed, inputs).flatten(1).float(),
-            }
-        with capture_embeddings(model, self.embedding_layer) as captured:
-            probs = _softmax(call_model(model, inputs))
-        if captured.value is None:
-            raise ValueError(f"Expected the embedding layer {self.embedding_layer!r} to run in the model's forward.")
-        return {PROBS: probs, EMBEDDINGS: captured.value.float()}
+            probs, features = task.probs(call_model(model, inputs)), apply(model.embed, inputs)
+        else:
+            with capture_embeddings(model, self.embedding_layer, task.head_types) as captured:
+                probs = task.probs(call_model(model, inputs))
+            if captured.value is None:
+                raise ValueError(
+                    f"Expected the embedding layer {self.embedding_layer!r} to run in the model's forward."
+                )
+            features = captured.value
+        out = {PROBS: probs}
+        if EMBEDDINGS in needs:
+            out[EMBEDDINGS] = task.embeddings(features).float()
+        if GRAD_EMBEDDINGS in needs:
+            out[GRAD_EMBEDDINGS] = task.gradient_embeddings(probs, features.float())
+        return out
 
 
 def _softmax(logits: Any) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")
-    return torch.softmax(logits.float(), dim=-1)
+    """The default task's probabilities, ``softmax`` over ``(B, C)`` logits."""
+    return MultiClass().probs(logits)

@@ -13,24 +13,27 @@ class _Captured:
     value: Tensor | None = None
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The last ``nn.Linear`` registered in ``model`` (its classifier head, for ordinary models)."""
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+def last_linear(model: nn.Module, head_types: tuple[type[nn.Module], ...] = (nn.Linear,)) -> tuple[str, nn.Module]:
+    """The last module of ``head_types`` registered in ``model`` (its classifier head, for ordinary models)."""
+    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, head_types)]
+    if not heads:
+        kinds = " or ".join(f"nn.{kind.__name__}" for kind in head_types)
         raise ValueError(
-            f"Expected {type(model).__name__} to have an nn.Linear head whose input serves as embedding, "
+            f"Expected {type(model).__name__} to have an {kinds} head whose input serves as embedding, "
             "but it has none. Pass `embedding_layer` with the name of a layer, or give the model an `embed()` method."
         )
-    return linears[-1]
+    return heads[-1]
 
 
 @contextlib.contextmanager
-def capture_embeddings(model: nn.Module, layer: str | None = None) -> Iterator[_Captured]:
-    """Record ``(B, D)`` features while ``model`` runs inside the ``with`` block.
+def capture_embeddings(
+    model: nn.Module, layer: str | None = None, head_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+) -> Iterator[_Captured]:
+    """Record ``(B, ...)`` features while ``model`` runs inside the ``with`` block (as the layer sees them).
 
-    With ``layer`` given, the output of the module of that name (flattened after the batch
-    axis); otherwise the input of the last ``nn.Linear`` — the features the classifier sees,
-    which is what BADGE's and EGL's last-layer gradients are built from.
+    With ``layer`` given, the output of the module of that name; otherwise the input of the last module of
+    ``head_types`` (``nn.Linear``: the features the classifier sees, which is what BADGE's and EGL's
+    last-layer gradients are built from; a segmentation head's ``nn.Conv2d``: per-pixel features).
     """
     modules = dict(model.named_modules())
     captured = _Captured()
@@ -43,15 +46,15 @@ def capture_embeddings(model: nn.Module, layer: str | None = None) -> Iterator[_
             )
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            captured.value = output.flatten(1)
+            captured.value = output
 
         handle = modules[layer].register_forward_hook(hook)
     else:
 
         def pre_hook(module: nn.Module, args: Any) -> None:
-            captured.value = args[0].flatten(1)
+            captured.value = args[0]
 
-        handle = last_linear(model)[1].register_forward_pre_hook(pre_hook)
+        handle = last_linear(model, head_types)[1].register_forward_pre_hook(pre_hook)
     try:
         yield captured
     finally:

@@ -13,9 +13,12 @@ from lightning_al.callbacks.snapshots import SnapshotCallback
 from lightning_al.estimators.base import Estimator, Softmax, TrainFn
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PROBS
+from lightning_al.tasks import ALL_TASKS
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
+
+    from lightning_al.tasks import Task
 
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:
@@ -45,6 +48,7 @@ class Committee(Estimator):
     """
 
     provides = frozenset({MC_PROBS, PROBS, EMBEDDINGS})
+    tasks = ALL_TASKS
 
     def __init__(self, mc_samples_per_member: int = 1, embedding_layer: str | None = None) -> None:
         check_int("mc_samples_per_member", mc_samples_per_member, 1)
@@ -55,6 +59,11 @@ class Committee(Estimator):
 
     def modules(self) -> list[nn.Module]:
         return [self._members]
+
+    def bind(self, task: Task) -> None:
+        super().bind(task)
+        self._embedder.bind(task)
+        self._member_estimator.bind(task)
 
     def members(self, model: nn.Module) -> list[nn.Module]:
         """The committee for the current round (by default the trained extra members; see subclasses)."""

@@ -60,6 +60,7 @@ from lightning_al.estimators.base import Estimator
 from lightning_al.estimators.dropout_masks import scaled_keep_mask
 from lightning_al.model_call import call_model
 from lightning_al.outputs import MC_PROBS, PROBS
+from lightning_al.tasks import ALL_TASKS
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -265,7 +266,8 @@ class _PassHooks:
 class MCDropout(Estimator):
     """``T`` stochastic passes with dropout active: ``mc_probs`` ``(B, T, C)`` and their mean ``probs`` ``(B, C)``.
 
-    ``mc_probs[b, t] = softmax(f(x_b; mask_t))``, ``probs[b] = mean_t mc_probs[b, t]``. The layers
+    ``mc_probs[b, t] = softmax(f(x_b; mask_t))``, ``probs[b] = mean_t mc_probs[b, t]`` (for the task's own
+    probabilities and layout: ``(B, T, L)`` sigmoids for multi-label, ``(B, T, C, H, W)`` for segmentation). The layers
     before the first dropout layer run once per batch (see the module docstring for the
     mechanism, its fallback and the t-major layout). Train/eval modes are restored exactly and
     every hook is removed afterwards, also when the forward raises.
@@ -293,6 +295,7 @@ class MCDropout(Estimator):
     """
 
     provides = frozenset({MC_PROBS, PROBS})
+    tasks = ALL_TASKS
 
     def __init__(
         self,
@@ -513,11 +516,11 @@ class MCDropout(Estimator):
             if tile_first:
                 raise _UnsafePrefix(message)
             raise ValueError(f"Expected the model's forward to run its dropout layers, but {message}.")
-        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
+        if not isinstance(logits, Tensor) or logits.ndim < 2 or logits.shape[0] != rows:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             message = f"the forward returned {shape} for {count} passes over {batch} samples"
             if tile_first:
                 raise _UnsafePrefix(message)
-            raise ValueError(f"Expected logits of shape ({rows}, C) from the tiled input, but {message}.")
-        probs_G_B_C = torch.softmax(logits.float(), dim=-1).view(count, batch, -1)
+            raise ValueError(f"Expected logits of shape ({rows}, ...) from the tiled input, but {message}.")
+        probs_G_B_C = self.task.probs(logits).view(count, batch, *logits.shape[1:])
         return probs_G_B_C.transpose(0, 1)

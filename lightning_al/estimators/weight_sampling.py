@@ -12,13 +12,14 @@ from lightning_al.bayes.convert import bayesian_layers
 from lightning_al.estimators.base import Estimator
 from lightning_al.model_call import call_model
 from lightning_al.outputs import MC_PROBS, PROBS
+from lightning_al.tasks import ALL_TASKS
 
 
 class BayesByBackprop(Estimator):
     """``T`` forward passes, each with a fresh draw of the weights from the variational posterior.
 
-    ``mc_probs[b, t] = softmax(f(x_b; w_t))`` with ``w_t ~ q(w)``, shape ``(B, T, C)``; ``probs`` is
-    the mean over ``t``, shape ``(B, C)``, the Monte Carlo posterior predictive. All samples of a
+    ``mc_probs[b, t] = task.probs(f(x_b; w_t))`` (softmax by default) with ``w_t ~ q(w)``, shape ``(B, T, C)``;
+    ``probs`` is the mean over ``t``, shape ``(B, C)``, the Monte Carlo posterior predictive. All samples of a
     pass share one weight draw (as in training). The model is put in eval mode (batch norm uses
     running statistics, dropout is off) and its Bayes layers sample even if they were switched
     to their means (``sample=False``); that switch is restored afterwards. The noise comes
@@ -31,6 +32,7 @@ class BayesByBackprop(Estimator):
     """
 
     provides = frozenset({MC_PROBS, PROBS})
+    tasks = ALL_TASKS
 
     def __init__(self, mc_samples: int = 20) -> None:
         check_int("mc_samples", mc_samples, 1)
@@ -51,11 +53,7 @@ class BayesByBackprop(Estimator):
         try:
             passes = []
             for _ in range(self.mc_samples):
-                logits = call_model(model, inputs)
-                if not isinstance(logits, Tensor) or logits.ndim != 2:
-                    shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-                    raise ValueError(f"Expected the model's forward to return logits of shape (B, C), but got {shape}.")
-                passes.append(torch.softmax(logits.float(), dim=-1))
+                passes.append(self.task.probs(call_model(model, inputs)))
         finally:
             for layer, sample in zip(layers, sampling, strict=True):
                 layer.sample = sample

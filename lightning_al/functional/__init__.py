@@ -21,22 +21,25 @@ from lightning_al.functional.coverage import (
     probcover_greedy,
     purity_delta,
 )
-from lightning_al.functional.diversity import badge, covering_radius, kcenter_greedy
+from lightning_al.functional.diversity import badge, badge_factored, covering_radius, kcenter_greedy
 from lightning_al.functional.dynamics import forgetting_counts, label_dispersion
 from lightning_al.functional.gradient import egl
 from lightning_al.functional.hybrid import cal_scores, max_cover_greedy
 from lightning_al.functional.mal import cosine_logits, mal_score
 from lightning_al.functional.ranking import loss_prediction_ranking_loss
+from lightning_al.functional.reduction import bernoulli_as_categorical, reduce_units
 from lightning_al.functional.selection import topk_select
 from lightning_al.functional.typical_clusters import typicality, typiclust, typiclust_from_clusters
 from lightning_al.functional.uncertainty import entropy, least_confidence, margin
 
 __all__ = [
     "badge",
+    "badge_factored",
     "bald",
     "ball_purity",
     "batchbald",
     "batchbald_with_gains",
+    "bernoulli_as_categorical",
     "cal_scores",
     "cosine_logits",
     "covering_radius",
@@ -58,6 +61,7 @@ __all__ = [
     "predictive_entropy",
     "probcover_greedy",
     "purity_delta",
+    "reduce_units",
     "topk_select",
     "typicality",
     "typiclust",

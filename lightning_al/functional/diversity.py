@@ -36,6 +36,7 @@ between them resolve by position, and k-means++ never samples them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -302,6 +303,24 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
     grad_sq_N = residual_sq_N * emb_sq_N  # ‖g_i‖²
 
     tol = max(_ROUNDING_TOL[_product_dtype(probs_N_C)], _ROUNDING_TOL[_product_dtype(embeddings_N_D)])
+
+    def dots_with(pick: int) -> Tensor:
+        # ⟨a_i, a_j⟩ = ⟨p_i, p_j⟩ - p_{i ŷ_j} - p_{j ŷ_i} + [ŷ_i = ŷ_j]
+        p_j_C = probs_N_C[pick]
+        a_dot_N = _dots_with_vector(probs_N_C, p_j_C)
+        a_dot_N -= probs_N_C[:, pred_N[pick]].to(torch.float64)
+        a_dot_N -= p_j_C.to(torch.float64)[pred_N]
+        a_dot_N += (pred_N == pred_N[pick]).to(torch.float64)
+        return a_dot_N.mul_(_dots_with_vector(embeddings_N_D, embeddings_N_D[pick]))
+
+    return _kmeans_pp_seeding(grad_sq_N, dots_with, k, generator, tol)
+
+
+def _kmeans_pp_seeding(
+    grad_sq_N: Tensor, dots_with: Callable[[int], Tensor], k: int, generator: torch.Generator | None, tol: float
+) -> Tensor:
+    """BADGE's k-means++ seeding given ``‖g_i‖²`` and ``dots_with(j)``, the float64 ``⟨g_i, g_j⟩`` of every ``i``."""
+    num_points, device = grad_sq_N.shape[0], grad_sq_N.device
     picks = torch.empty(k, dtype=torch.long, device=device)
     chosen_N = torch.zeros(num_points, dtype=torch.bool, device=device)
     min_dist_N = torch.full((num_points,), math.inf, dtype=torch.float64, device=device)
@@ -317,14 +336,51 @@ def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Ge
         chosen_N[pick] = True
         if step + 1 == k:
             break
-        # ⟨a_i, a_j⟩ = ⟨p_i, p_j⟩ - p_{i ŷ_j} - p_{j ŷ_i} + [ŷ_i = ŷ_j]
-        p_j_C = probs_N_C[pick]
-        a_dot_N = _dots_with_vector(probs_N_C, p_j_C)
-        a_dot_N -= probs_N_C[:, pred_N[pick]].to(torch.float64)
-        a_dot_N -= p_j_C.to(torch.float64)[pred_N]
-        a_dot_N += (pred_N == pred_N[pick]).to(torch.float64)
-        h_dot_N = _dots_with_vector(embeddings_N_D, embeddings_N_D[pick])
-        dist_N = _from_dots(a_dot_N.mul_(h_dot_N), grad_sq_N, grad_sq_N[pick], tol)
+        dist_N = _from_dots(dots_with(pick), grad_sq_N, grad_sq_N[pick], tol)
         torch.minimum(min_dist_N, dist_N, out=min_dist_N)
         min_dist_N[chosen_N] = 0.0
     return picks
+
+
+@torch.no_grad()
+def badge_factored(
+    residuals_N_R: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""BADGE's k-means++ seeding (see :func:`badge`) on gradient embeddings :math:`g_i = r_i \otimes h_i`.
+
+    For any loss whose last-layer weight gradient factorises as a residual ``r`` (the gradient w.r.t. the
+    logits under the hypothesised labels) times the layer input ``h``, e.g. binary cross-entropy over ``L``
+    labels, :math:`r = \sigma(z) - \hat y`; :math:`\lVert g_i - g_j \rVert^2` comes from
+    :math:`\langle r_i, r_j \rangle \langle h_i, h_j \rangle`, so ``g`` is never built. With ``R = 1`` and
+    :math:`r = 1`, ``embeddings_N_D`` are themselves the gradient embeddings.
+
+    Args:
+        residuals_N_R: ``(N, R)`` residuals.
+        embeddings_N_D: ``(N, D)`` layer inputs ``h``.
+        k: number of points to choose, in ``[1, N]``.
+        generator: randomness of the k-means++ draws.
+
+    Returns:
+        ``LongTensor[k]`` of row positions, in the order they were picked.
+
+    Example:
+        >>> r = torch.tensor([[0.5], [0.0], [-0.4]])
+        >>> badge_factored(r, torch.ones(3, 2), k=1)
+        tensor([0])
+    """
+    check_embeddings("residuals_N_R", residuals_N_R, finite=True)
+    check_embeddings("embeddings_N_D", embeddings_N_D, residuals_N_R.shape[0], "residuals_N_R", finite=False)
+    num_points = residuals_N_R.shape[0]
+    k = as_count("k", k)
+    if not 1 <= k <= num_points:
+        raise ValueError(f"Expected `k` to be in [1, {num_points}] (the pool size), but got {k}.")
+    check_generator(generator)
+    residuals_N_R = residuals_N_R.to(embeddings_N_D.device)
+    grad_sq_N = _squared_norms("residuals_N_R", residuals_N_R) * _squared_norms("embeddings_N_D", embeddings_N_D)
+    tol = max(_ROUNDING_TOL[_product_dtype(residuals_N_R)], _ROUNDING_TOL[_product_dtype(embeddings_N_D)])
+
+    def dots_with(pick: int) -> Tensor:
+        r_dot_N = _dots_with_vector(residuals_N_R, residuals_N_R[pick])
+        return r_dot_N.mul_(_dots_with_vector(embeddings_N_D, embeddings_N_D[pick]))
+
+    return _kmeans_pp_seeding(grad_sq_N, dots_with, k, generator, tol)

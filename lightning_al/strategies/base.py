@@ -16,6 +16,8 @@ from lightning_al.outputs import PoolOutputs
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
+    from lightning_al.tasks import Task
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -50,12 +52,27 @@ class Strategy:
 
     requires: frozenset[str] = frozenset()
     requires_labelled: frozenset[str] = frozenset()
+    # Names of the tasks (lightning_al.tasks) the strategy's scores are defined for.
+    tasks: frozenset[str] = frozenset({"multiclass"})
     estimator: Estimator | None = None
     # True when the loop may score the pool batch by batch and keep only a running top k (see ScoreStrategy).
     streamable: bool = False
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         raise NotImplementedError
+
+    def requires_for(self, task: Task) -> frozenset[str]:
+        """The pool outputs read under ``task`` (``requires`` unless a strategy reads others per task)."""
+        del task
+        return frozenset(self.requires)
+
+    def check_task(self, task: Task) -> None:
+        """Refuse a task this strategy has no scores for (the loop calls it before anything runs)."""
+        if task.name not in self.tasks:
+            raise ValueError(
+                f"Expected a task {type(self).__name__} supports ({', '.join(sorted(self.tasks))}), but the "
+                f"datamodule's task is {task!r}."
+            )
 
     def callbacks(self) -> list[pl.Callback]:
         """Callbacks added to every round's fit (e.g. ones that record training dynamics)."""

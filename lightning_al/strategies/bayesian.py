@@ -23,6 +23,7 @@ from lightning_al.functional.bayesian import (
 )
 from lightning_al.outputs import MC_PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.tasks import ALL_TASKS
 
 
 def mc_probs_estimator(mc_samples: int, estimator: Estimator | None) -> Estimator:
@@ -61,6 +62,7 @@ class _MCProbsStrategy(ScoreStrategy):
     """
 
     requires = frozenset({MC_PROBS})
+    tasks = ALL_TASKS
 
     def __init__(self, mc_samples: int = 20, estimator: Estimator | None = None) -> None:
         self.mc_samples = mc_samples
@@ -75,13 +77,14 @@ class _MCProbsStrategy(ScoreStrategy):
 class BALD(_MCProbsStrategy):
     """Query the largest mutual information between label and model, ``H[mean_t p_t] - mean_t H[p_t]``.
 
-    Prefers samples on which the members are each confident but disagree. Houlsby et al.
+    Prefers samples on which the members are each confident but disagree. Multi-label: the Bernoulli
+    mutual information of each label, summed; segmentation: per pixel, reduced per image. Houlsby et al.
     2011, "Bayesian Active Learning for Classification and Preference Learning"; Gal, Islam
     & Ghahramani 2017, "Deep Bayesian Active Learning with Image Data".
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return bald(outputs[MC_PROBS])
+        return outputs.mc_score(bald)
 
 
 class VariationRatios(_MCProbsStrategy):
@@ -92,7 +95,7 @@ class VariationRatios(_MCProbsStrategy):
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return variation_ratio(outputs[MC_PROBS])
+        return outputs.mc_score(variation_ratio)
 
 
 class MeanSTD(_MCProbsStrategy):
@@ -104,7 +107,7 @@ class MeanSTD(_MCProbsStrategy):
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return mean_std(outputs[MC_PROBS])
+        return outputs.mc_score(mean_std)
 
 
 class MaxEntropy(_MCProbsStrategy):
@@ -115,7 +118,7 @@ class MaxEntropy(_MCProbsStrategy):
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return predictive_entropy(outputs[MC_PROBS])
+        return outputs.mc_score(predictive_entropy)
 
 
 _DISAGREEMENTS = {"vote_entropy": vote_entropy, "kl": kl_to_consensus}
@@ -149,7 +152,7 @@ class QBC(_MCProbsStrategy):
         self.disagreement = disagreement
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return _DISAGREEMENTS[self.disagreement](outputs[MC_PROBS])
+        return outputs.mc_score(_DISAGREEMENTS[self.disagreement])
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", disagreement={self.disagreement!r})"

@@ -8,12 +8,13 @@ from torch import Tensor
 from lightning_al._validation import check_int
 from lightning_al.estimators.base import Softmax
 from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
-from lightning_al.functional.diversity import badge, kcenter_greedy
+from lightning_al.functional.diversity import badge, badge_factored, kcenter_greedy
 from lightning_al.functional.gradient import egl
 from lightning_al.functional.hybrid import cal_scores
 from lightning_al.functional.uncertainty import margin
-from lightning_al.outputs import EMBEDDINGS, PROBS, PoolOutputs
+from lightning_al.outputs import EMBEDDINGS, GRAD_EMBEDDINGS, PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy, check_query_size
+from lightning_al.tasks import ALL_TASKS, Task
 
 
 class _EmbeddingStrategy(Strategy):
@@ -39,11 +40,13 @@ class CoreSet(_EmbeddingStrategy):
 
     Covers the embedding space so that no unlabelled point is far from a labelled one
     (Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
-    Approach", greedy 2-approximation).
+    Approach", greedy 2-approximation). For segmentation the embedding is the head's input averaged over
+    pixels (see :class:`~lightning_al.tasks.Segmentation`).
     """
 
     requires = frozenset({EMBEDDINGS})
     requires_labelled = frozenset({EMBEDDINGS})
+    tasks = ALL_TASKS
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         k = check_query_size(k, len(outputs))
@@ -63,11 +66,29 @@ class BADGE(_EmbeddingStrategy):
     both at once (Ash et al. 2020, "Deep Batch Active Learning by Diverse, Uncertain
     Gradient Lower Bounds"). The embedding must be the input of the model's last linear
     layer, the default.
+
+    Multi-label: the binary cross-entropy gradient ``(sigmoid(z) - ŷ) ⊗ h`` with ``ŷ = [p >= threshold]``,
+    never materialised (:func:`~lightning_al.functional.badge_factored`). Segmentation: the gradient of the
+    mean pixel cross-entropy w.r.t. the 1×1 head, ``mean_hw (p_hw - e_ŷhw) ⊗ h_hw``, computed batch by
+    batch by the estimator (``grad_embeddings``, of size ``C · D``).
     """
+
+    tasks = ALL_TASKS
+
+    def requires_for(self, task: Task) -> frozenset[str]:
+        return self.requires if task.factorised_gradients else frozenset({GRAD_EMBEDDINGS})
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         k = check_query_size(k, len(outputs))
-        picks = badge(outputs[PROBS], outputs[EMBEDDINGS], k, generator=generator)
+        task = outputs.task
+        if not task.factorised_gradients:
+            grads = outputs[GRAD_EMBEDDINGS]
+            picks = badge_factored(grads.new_ones(grads.shape[0], 1), grads, k, generator=generator)
+        elif task.name == "multiclass":
+            picks = badge(outputs[PROBS], outputs[EMBEDDINGS], k, generator=generator)
+        else:
+            residuals = task.gradient_residuals(outputs[PROBS])
+            picks = badge_factored(residuals, outputs[EMBEDDINGS], k, generator=generator)
         return Selection(ids=outputs.ids[picks])
 
 

@@ -6,10 +6,13 @@ import torch
 
 from lightning_al.outputs import PoolOutputs
 from lightning_al.strategies.base import Selection, Strategy, check_query_size
+from lightning_al.tasks import ALL_TASKS
 
 
 class Random(Strategy):
     """Query ``k`` unlabelled samples uniformly at random, without replacement; needs no model output."""
+
+    tasks = ALL_TASKS
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         check_query_size(k, len(outputs))

@@ -8,10 +8,14 @@ from lightning_al import functional as F
 from lightning_al.estimators import Softmax
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy
+from lightning_al.tasks import ALL_TASKS
 
 
 class _ProbsStrategy(ScoreStrategy):
+    """Scores ``probs`` with one kernel per unit (the sample; each label; each pixel), reduced by the task."""
+
     requires = frozenset({PROBS})
+    tasks = ALL_TASKS
 
     def __init__(self) -> None:
         self.estimator = Softmax()
@@ -21,18 +25,22 @@ class LeastConfidence(_ProbsStrategy):
     """Query the samples whose most likely class is least likely: ``1 - max_c p`` (Lewis & Gale 1994)."""
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return F.least_confidence(outputs[PROBS])
+        return outputs.score(F.least_confidence)
 
 
 class Margin(_ProbsStrategy):
     """Query the smallest gaps between the top two classes: ``1 - (p_(1) - p_(2))`` (Scheffer et al. 2001)."""
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return F.margin(outputs[PROBS])
+        return outputs.score(F.margin)
 
 
 class Entropy(_ProbsStrategy):
-    """Query the highest predictive entropy ``-sum_c p log p`` (Shannon 1948; Settles 2009)."""
+    """Query the highest predictive entropy ``-sum_c p log p`` (Shannon 1948; Settles 2009).
+
+    Multi-label: the sum (or mean) of the labels' binary entropies; segmentation: the pixels' entropies
+    reduced per image (see :mod:`lightning_al.tasks`).
+    """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
-        return F.entropy(outputs[PROBS])
+        return outputs.score(F.entropy)
