@@ -1,6 +1,6 @@
 """lightning_al: deep active learning for PyTorch Lightning."""
 
-from lightning_al import bayes, callbacks, estimators, functional, model_call, namespace, plotting, strategies
+from lightning_al import bayes, callbacks, estimators, functional, model_call, namespace, plotting, strategies, tasks
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
 from lightning_al.estimators import BayesByBackprop, DeepEnsemble, Estimator, MCDropout, SnapshotEnsemble, Softmax
 from lightning_al.file_oracle import FileOracle
@@ -43,4 +43,5 @@ __all__ = [
     "plot_learning_curves",
     "plotting",
     "strategies",
+    "tasks",
 ]

@@ -65,3 +65,19 @@ def test_two_process_ddp_selects_as_one_process(tmp_path: Path, namespace: str) 
             torch.testing.assert_close(torch.tensor(ddp["selected_scores"]), torch.tensor(one["selected_scores"]))
     # the subset run scores only 41 candidates, so it must differ from the whole pool's query somewhere
     assert single["entropy_subset"]["selected_ids"] != single["entropy"]["selected_ids"]
+
+
+def test_two_process_ddp_selects_as_one_process_on_multilabel_and_segmentation(tmp_path: Path) -> None:
+    ranks = run_ranks("ddp_run.py", tmp_path, 2, "tasks")
+    assert ranks[0]["world_size"] == 2 and ranks[0] == ranks[1]
+
+    import ddp_run
+
+    single = ddp_run.run_tasks(devices=1)
+    for name in ("seg_entropy", "seg_bald", "seg_coreset", "seg_badge", "ml_bald", "ml_badge"):
+        ddp, one = ranks[0][name], single[name]
+        assert len(one["selected_ids"]) == 2 and len(one["labelled_ids"]) == 12, name
+        assert ddp["selected_ids"] == one["selected_ids"], name
+        assert ddp["labelled_ids"] == one["labelled_ids"], name
+        if one["selected_scores"][0] is not None:
+            torch.testing.assert_close(torch.tensor(ddp["selected_scores"]), torch.tensor(one["selected_scores"]))

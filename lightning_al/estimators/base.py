@@ -121,7 +121,3 @@ class Softmax(Estimator):
             out[GRAD_EMBEDDINGS] = task.gradient_embeddings(probs, features.float())
         return out
 
-
-def _softmax(logits: Any) -> Tensor:
-    """The default task's probabilities, ``softmax`` over ``(B, C)`` logits."""
-    return MultiClass().probs(logits)

@@ -4,7 +4,7 @@ At round 0 of a cold start no label exists and the task model has never been tra
 penultimate features are those of a random network: a poor space to cluster (TypiClust) or to
 cover (ProbCover) in. Hacohen et al. 2022 and Yehuda et al. 2022 use self-supervised features
 instead (e.g. SimCLR). These estimators provide such ``embeddings`` to any strategy that requires
-them, while ``probs`` still come from the task model (``softmax(model(x))``) when also required.
+them, while ``probs`` still come from the task model (``task.probs(model(x))``) when also required.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_al.estimators.base import Estimator, _softmax
+from lightning_al.estimators.base import Estimator
 from lightning_al.model_call import apply, call_model
 from lightning_al.outputs import EMBEDDINGS, PROBS
+from lightning_al.tasks import ALL_TASKS
 
 
 class FrozenEncoder(Estimator):
@@ -31,6 +32,7 @@ class FrozenEncoder(Estimator):
     """
 
     provides = frozenset({PROBS, EMBEDDINGS})
+    tasks = ALL_TASKS
 
     def __init__(self, encoder: nn.Module) -> None:
         if not isinstance(encoder, nn.Module):
@@ -52,7 +54,7 @@ class FrozenEncoder(Estimator):
             out[EMBEDDINGS] = features.flatten(1).float()
         if PROBS in needs:
             model.eval()
-            out[PROBS] = _softmax(call_model(model, inputs))
+            out[PROBS] = self.task.probs(call_model(model, inputs))
         return out
 
     def __repr__(self) -> str:
@@ -72,6 +74,7 @@ class PrecomputedEmbeddings(Estimator):
     """
 
     provides = frozenset({PROBS, EMBEDDINGS})
+    tasks = ALL_TASKS
     needs_ids = True
 
     def __init__(self, features: Tensor | str | Path) -> None:
@@ -108,7 +111,7 @@ class PrecomputedEmbeddings(Estimator):
             out[EMBEDDINGS] = self.features[ids].float()
         if PROBS in needs:
             model.eval()
-            out[PROBS] = _softmax(call_model(model, inputs))
+            out[PROBS] = self.task.probs(call_model(model, inputs))
         return out
 
     def __repr__(self) -> str:

@@ -1,8 +1,9 @@
 """Active-learning runs under 2-process CPU DDP (gloo), compared by tests/test_ddp.py with one process.
 
-    python ddp_run.py OUTPUT_DIR DEVICES [NAMESPACE]
+    python ddp_run.py OUTPUT_DIR DEVICES [NAMESPACE | tasks]
 
-NAMESPACE is ``pytorch_lightning`` (default) or ``lightning.pytorch``: the package of the model.
+NAMESPACE is ``pytorch_lightning`` (default) or ``lightning.pytorch``: the package of the model; ``tasks``
+runs the multi-label and segmentation tasks instead (``pytorch_lightning``).
 
 Lightning's ``ddp`` strategy starts this script again for rank 1. Every rank writes
 ``OUTPUT_DIR/rank{r}.json``: per strategy, the ids selected in each round and their scores.
@@ -28,7 +29,10 @@ from conftest import QUIET_TRAINER, blobs, tiny_classifier_class
 
 import lightning_al as al
 from lightning_al import distributed
-from lightning_al.strategies import BADGE, CoreSet, Entropy
+from lightning_al.datasets import Shapes
+from lightning_al.models import MultiLabelMLP
+from lightning_al.strategies import BADGE, BALD, CoreSet, Entropy
+from lightning_al.tasks import MultiLabel, Segmentation
 
 torch.set_num_threads(1)
 
@@ -79,9 +83,66 @@ def run_all(devices: int, namespace: str = "pytorch_lightning") -> dict[str, Any
     return results
 
 
+class FrozenSegmenter(Frozen, al.namespace.get("pytorch_lightning").LightningModule):
+    """conv → ReLU → Dropout2d → 1×1 conv (no batch norm, whose statistics would differ per rank)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3), torch.nn.Conv2d(6, 3, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, mask = batch
+        return torch.nn.functional.cross_entropy(self(x), mask, ignore_index=255)
+
+
+class FrozenMultiLabel(Frozen, MultiLabelMLP):
+    pass
+
+
+def run_tasks(devices: int) -> dict[str, Any]:
+    """Two rounds per strategy on the segmentation and multi-label tasks; the selections per run."""
+    trainer_kwargs: dict[str, Any] = dict(max_epochs=1, accelerator="cpu", devices=devices, **QUIET_TRAINER)
+    if devices > 1:
+        trainer_kwargs["strategy"] = "ddp"
+    x = torch.randn(61, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 0] + x[:, 2] > 0], dim=1).float()
+    results: dict[str, Any] = {}
+    for name, strategy in (
+        ("seg_entropy", Entropy()),
+        ("seg_bald", BALD(mc_samples=4)),
+        ("seg_coreset", CoreSet()),
+        ("seg_badge", BADGE()),
+        ("ml_bald", BALD(mc_samples=4)),
+        ("ml_badge", BADGE()),
+    ):
+        torch.manual_seed(0)
+        if name.startswith("seg"):
+            model: torch.nn.Module = FrozenSegmenter()
+            dm = al.ActiveDataModule(Shapes(37, size=8, seed=0), task=Segmentation(3), initial_labelled=6, seed=0)
+        else:
+            model = FrozenMultiLabel(in_features=6, num_labels=3, hidden=8)
+            dm = al.ActiveDataModule(torch.utils.data.TensorDataset(x, y), task=MultiLabel(3), initial_labelled=6)
+        dm.batch_size, dm.eval_batch_size = 4, 8
+        loop = al.ActiveLearningLoop(strategy, query_size=3, rounds=2, trainer_kwargs=trainer_kwargs, progress=False)
+        history = loop.run(model, dm)
+        results[name] = {
+            "selected_ids": [row["selected_ids"] for row in history if "selected_ids" in row],
+            "selected_scores": [row.get("selected_scores") for row in history if "selected_ids" in row],
+            "labelled_ids": dm.labelled_ids.tolist(),
+        }
+    results["world_size"] = distributed.rank_and_world()[1]
+    return results
+
+
 if __name__ == "__main__":
     output_dir, devices = Path(sys.argv[1]), int(sys.argv[2])
-    results = run_all(devices, sys.argv[3] if len(sys.argv) > 3 else "pytorch_lightning")
+    mode = sys.argv[3] if len(sys.argv) > 3 else "pytorch_lightning"
+    results = run_tasks(devices) if mode == "tasks" else run_all(devices, mode)
     rank = distributed.rank_and_world()[0]
     (output_dir / f"rank{rank}.json").write_text(json.dumps(results))
     distributed.shutdown()
