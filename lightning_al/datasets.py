@@ -70,8 +70,8 @@ class MultiLabelDigits(TensorDataset):
 
 
 class Shapes(TensorDataset):
-    """Synthetic semantic segmentation: noisy grey images with rectangles (class 1) and discs (class 2) on a
-    background (class 0). Items ``(image, mask)``: ``image`` ``(1, size, size)`` float, ``mask``
+    """Synthetic semantic segmentation: noisy grey images with squares (class 1) and discs (class 2) on a
+    background (class 0). Both kinds take a random brightness, so only their shape tells them apart. Items ``(image, mask)``: ``image`` ``(1, size, size)`` float, ``mask``
     ``(size, size)`` long, with the one-pixel outline of every shape set to ``ignore_index`` (boundary pixels
     that annotators leave out, as in Pascal VOC). Generated from ``seed``; nothing is downloaded.
 
@@ -91,7 +91,7 @@ class Shapes(TensorDataset):
         num_samples: int = 500,
         size: int = 32,
         max_shapes: int = 3,
-        noise: float = 0.25,
+        noise: float = 0.35,
         ignore_index: int | None = 255,
         seed: int = 0,
     ) -> None:
@@ -109,7 +109,7 @@ class Shapes(TensorDataset):
                 else:
                     inside = (rows - r) ** 2 + (cols - c) ** 2 <= half**2
                 masks[n][inside] = cls
-                images[n, 0][inside] = 0.6 if cls == 1 else 1.0
+                images[n, 0][inside] = float(torch.empty(1).uniform_(0.4, 1.0, generator=generator))
         images += noise * torch.randn(images.shape, generator=generator)
         if ignore_index is not None:  # outlines: pixels with a 4-neighbour of another class
             padded = nn.functional.pad(masks.float()[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]

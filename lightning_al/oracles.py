@@ -24,7 +24,7 @@ class Oracle(Protocol):
     ``k`` masks (segmentation: a ``(k, H, W)`` tensor or a list of ``(H, W)`` tensors).
     """
 
-    def label(self, ids: Tensor) -> Tensor: ...
+    def label(self, ids: Tensor) -> Tensor | list[Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,12 @@ class Query:
 class QueryOracle(Protocol):
     """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
 
-    ``answer(query)`` returns a ``LongTensor[k]`` of class indices in the order of ``query.ids``, or
+    ``answer(query)`` returns one label per id in the order of ``query.ids`` (class indices, or the task's
+    form as for :class:`Oracle`), or
     raises :class:`LabelsPending` when the answers are not available yet.
     """
 
-    def answer(self, query: Query) -> Tensor: ...
+    def answer(self, query: Query) -> Tensor | list[Tensor]: ...
 
 
 class LabelsPending(Exception):
