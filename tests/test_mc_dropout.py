@@ -477,3 +477,21 @@ def test_consistent_masks_are_drawn_afresh_after_each_fit_and_kept_in_the_state(
     torch.testing.assert_close(predict(resumed, model, x)["mc_probs"], first)
     with pytest.raises(ValueError, match=r"state\['fits'\]"):
         resumed.load_state_dict({"calls": 0, "fits": -1})
+
+
+@pytest.mark.parametrize("max_rows", [None, 14])
+def test_a_channel_dropout_before_a_pointwise_conv_head_is_folded_into_its_weights(max_rows):
+    from lightning_al.models import SmallUNet
+    from lightning_al.tasks import Segmentation
+
+    torch.manual_seed(0)
+    model, x = SmallUNet(num_classes=3, width=4).eval(), torch.randn(6, 1, 8, 8)
+    outputs = {}
+    for fold in (True, False):
+        estimator = MCDropout(mc_samples=5, consistent_masks=True, seed=3, max_rows=max_rows, fold_linear=fold)
+        estimator.bind(Segmentation(3))
+        outputs[fold], rows = rows_seen_by(model.head[1], estimator, model, x)
+        assert sum(rows) == (6 * len(rows) if fold else 5 * 6)  # folded: the head runs on untiled maps only
+    assert outputs[True]["mc_probs"].shape == (6, 5, 3, 8, 8)
+    torch.testing.assert_close(outputs[True]["mc_probs"], outputs[False]["mc_probs"], rtol=1e-5, atol=1e-6)
+    assert (outputs[True]["mc_probs"] - outputs[True]["mc_probs"][:, :1]).abs().amax() > 1e-3

@@ -82,14 +82,30 @@ def _named_dropout_layers(model: nn.Module) -> dict[nn.Module, str]:
     return {m: name for name, m in model.named_modules() if isinstance(m, _DROPOUT_TYPES) and m.p > 0}
 
 
-def _linear_after(model: nn.Module) -> dict[nn.Module, nn.Linear]:
-    """``nn.Dropout`` layers whose output only an ``nn.Linear`` reads: consecutive children of an ``nn.Sequential``."""
+def _pointwise_conv(module: nn.Module) -> bool:
+    """A 1×1 ``nn.Conv2d`` without stride, padding, dilation or groups: a linear map of each pixel's channels."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), "valid")
+    )
+
+
+def _linear_after(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Dropout layers whose output only a linear map reads: consecutive children of an ``nn.Sequential``, an
+    ``nn.Dropout`` then an ``nn.Linear``, or an ``nn.Dropout2d`` then a 1×1 ``nn.Conv2d`` (a segmentation head)."""
     pairs = {}
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             children = list(module.children())
             for layer, following in itertools.pairwise(children):
-                if type(layer) is nn.Dropout and layer.p > 0 and isinstance(following, nn.Linear):
+                if getattr(layer, "p", 0) > 0 and (
+                    (type(layer) is nn.Dropout and isinstance(following, nn.Linear))
+                    or (type(layer) is nn.Dropout2d and _pointwise_conv(following))
+                ):
                     pairs[layer] = following
     return pairs
 
@@ -212,9 +228,11 @@ class _PassHooks:
             return None
         return self._masked(module, args[0], tiled=False)
 
-    def _can_fold(self, linear: nn.Linear | None, x: Tensor) -> bool:
-        """Consistent masks on a ``(B, F)`` input that goes straight into ``linear`` (same dtype)."""
-        return linear is not None and self.estimator.consistent_masks and x.ndim == 2 and linear.weight.dtype == x.dtype
+    def _can_fold(self, linear: nn.Module | None, x: Tensor) -> bool:
+        """Consistent masks on a ``(B, F)`` input to an ``nn.Linear`` or a ``(B, F, H, W)`` one to a 1×1 conv."""
+        if linear is None or not self.estimator.consistent_masks or linear.weight.dtype != x.dtype:
+            return False
+        return x.ndim == (4 if isinstance(linear, nn.Conv2d) else 2)
 
     def folded_linear(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
         """The passes of the folded linear: ``y[t * B + b] = x_b (s_t ⊙ W)^T + bias``, ``(count * B, C)``.
@@ -229,9 +247,17 @@ class _PassHooks:
         if args[0].shape != x.shape or args[0].data_ptr() != x.data_ptr():  # not the dropout's output
             return None
         self.folding = None
-        scaled_T_F = self.estimator._scaled_masks(self.names[dropout], dropout.p, (x.shape[1],), x)
+        features = _mask_features(dropout, x)  # (F,) or, for channel dropout, (F, 1, 1): the masks' own key
+        scaled_T_F = self.estimator._scaled_masks(self.names[dropout], dropout.p, features, x).flatten(1)
         scaled_G_F = scaled_T_F[self.start : self.start + self.count]
-        weights_GC_F = (scaled_G_F[:, None, :] * linear.weight[None]).reshape(-1, x.shape[1])
+        weight_C_F = linear.weight.flatten(1)
+        weights_GC_F = (scaled_G_F[:, None, :] * weight_C_F[None]).reshape(-1, x.shape[1])
+        if x.ndim == 4:  # 1x1 conv: every pixel's channels through the G masked weights at once
+            out = nn.functional.conv2d(x, weights_GC_F[:, :, None, None])
+            out_B_G_C = out.view(x.shape[0], self.count, -1, *x.shape[2:])
+            if linear.bias is not None:
+                out_B_G_C = out_B_G_C + linear.bias[:, None, None]
+            return out_B_G_C.transpose(0, 1).reshape(self.count * x.shape[0], -1, *x.shape[2:])
         out_B_G_C = (x @ weights_GC_F.T).view(x.shape[0], self.count, -1)
         if linear.bias is not None:
             out_B_G_C = out_B_G_C + linear.bias
@@ -289,6 +315,8 @@ class MCDropout(Estimator):
             by an ``nn.Linear`` in an ``nn.Sequential`` (so the linear is its only consumer), mask the
             linear's weight columns instead of its input: ``(x ⊙ s_t) W^T = x (W diag(s_t))^T``, one
             ``(B, F) @ (F, T·C)`` product instead of ``T·B`` masked rows (see :meth:`_PassHooks.folded_linear`).
+            Likewise an ``nn.Dropout2d`` followed by a 1×1 ``nn.Conv2d`` (a segmentation head): one 1×1
+            convolution with ``T·C`` output channels over the ``B`` untiled feature maps.
 
     Reference: Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"; Gal, Islam & Ghahramani
     2017, "Deep Bayesian Active Learning with Image Data"; Kirsch et al. 2019, "BatchBALD".
@@ -350,7 +378,7 @@ class MCDropout(Estimator):
         self._full_tile_models: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._masks: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
         self._buffers: dict[str, Tensor] = {}  # reused memory for the masked dropout outputs, per layer
-        self._fold_pairs: dict[nn.Module, nn.Linear] = {}  # dropout -> the linear it feeds (this call's model)
+        self._fold_pairs: dict[nn.Module, nn.Module] = {}  # dropout -> the linear it feeds (this call's model)
 
     def __getstate__(self) -> dict[str, Any]:
         runtime = ("_full_tile_models", "_masks", "_buffers", "_fold_pairs")
