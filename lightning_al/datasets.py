@@ -71,9 +71,11 @@ class MultiLabelDigits(TensorDataset):
 
 class Shapes(TensorDataset):
     """Synthetic semantic segmentation: noisy grey images with squares (class 1) and discs (class 2) on a
-    background (class 0). Both kinds take a random brightness, so only their shape tells them apart. Items ``(image, mask)``: ``image`` ``(1, size, size)`` float, ``mask``
-    ``(size, size)`` long, with the one-pixel outline of every shape set to ``ignore_index`` (boundary pixels
-    that annotators leave out, as in Pascal VOC). Generated from ``seed``; nothing is downloaded.
+    background (class 0). Both kinds take a random brightness, so only their shape tells them apart.
+
+    Items ``(image, mask)``: ``image`` ``(1, size, size)`` float, ``mask`` ``(size, size)`` long, with the
+    one-pixel outline of every shape set to ``ignore_index`` (boundary pixels that annotators leave out, as
+    in Pascal VOC). Generated from ``seed``; nothing is downloaded.
 
     Args:
         num_samples: images.

@@ -3,14 +3,28 @@
 Round ``r``'s query goes to ``<directory>/<queries_dir>/round_<r>.csv`` (or ``.jsonl``) with the fields
 ``id`` (dataset index), ``reference`` (a file path when the dataset keeps one), ``suggested_label`` (the
 model's guess), ``score`` (acquisition score, higher = queried first) and an empty ``label``. The annotator
-fills ``label`` with a class name or a class id; resuming the run reads the file back, checks every row
-against the query and returns all labels, or refuses the whole file with every problem listed.
+fills ``label``; resuming the run reads the file back, checks every row against the query and returns all
+labels, or refuses the whole file with every problem listed. An empty ``label`` means "not labelled yet".
+
+What ``label`` holds depends on the task (:mod:`lightning_al.tasks`; the loop hands over the datamodule's):
+
+- multi-class (the default): a class name or a class id, e.g. ``dog`` or ``1``;
+- multi-label: every label that applies, by name or id, separated by ``;`` (``cat;dog``, ``0;2``), or
+  ``none`` for a sample that has none of them; in JSONL also a JSON list (``["cat", "dog"]``, ``[]``).
+  ``suggested_label`` shows the model's labels the same way;
+- segmentation: the path of a mask file, relative to ``directory`` and inside it: a ``.png`` of class ids
+  (single channel, mode ``L``, ``P`` or ``I``) or a ``.npy`` integer array, of the image's height and width.
+  The model's masks are written as indexed PNGs (``.npy`` when the ids exceed 255) to
+  ``<queries_dir>/round_<r>_suggested/<id>.png``, whose paths ``suggested_label`` gives: correct one and
+  point ``label`` to it. An existing suggestion file is never overwritten.
 
 With ``format="label_studio"`` the query becomes Label Studio tasks (``round_<r>.tasks.json``, the model's
 guess attached as a prediction) and the answers are read from the project's JSON export, which the user
-saves as ``round_<r>.export.json``.
+saves as ``round_<r>.export.json``. Multi-label tasks get a ``choice="multiple"`` config with a ``none``
+choice; segmentation is not supported in this format.
 
-Only CSV and JSON are read (nothing is unpickled), and every file stays inside ``directory``.
+Only CSV, JSON, PNG and ``.npy`` files are read (nothing is unpickled), and every file stays inside
+``directory``.
 """
 
 from __future__ import annotations
@@ -19,27 +33,25 @@ import csv
 import io
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from lightning_al._atomic import atomic_open
 from lightning_al._validation import check_int
 from lightning_al.data.pool import as_id_tensor
+from lightning_al.file_labels import NONE_TOKEN, LabelForm, as_int, is_blank, label_form
 from lightning_al.oracles import LabelsPending, Query
+from lightning_al.tasks import MultiClass, Segmentation, Task
 
 COLUMNS = ("id", "reference", "suggested_label", "score", "label")
 FORMATS = ("csv", "jsonl", "label_studio")
 _UNIT = {"csv": "row", "jsonl": "line", "label_studio": "task"}
-_INTEGER = re.compile(r"[+-]?\d+")
-_LISTED_NAMES = 20  # class names spelled out in messages; more are elided
 
 
 def sample_reference(dataset: Dataset, index: int) -> str:
@@ -73,19 +85,6 @@ class _Entry:
     id: Any = None
     label: Any = None
     malformed: str | None = None
-
-
-def _as_int(value: Any) -> int | None:
-    """``value`` as an int when it is one (or a string spelling one), else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
-    return None
-
-
-def _is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # ----- formats: rows out, entries in ---------------------------------------------------------
@@ -154,31 +153,37 @@ def _read_jsonl(path: Path) -> list[_Entry]:
     return entries
 
 
-def _label_studio_config(class_names: Sequence[str]) -> str:
-    """A Label Studio labelling config matching the tasks: one single choice among the class names."""
-    choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in class_names)
+def _label_studio_config(class_names: Sequence[str], multiple: bool = False) -> str:
+    """A Label Studio labelling config matching the tasks: one choice among the class names, or (multi-label)
+    any number of them, with a ``none`` choice for a sample that has none."""
+    names = [*class_names, NONE_TOKEN] if multiple else list(class_names)
+    choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in names)
     return (
         '<View>\n  <Header value="Sample $id"/>\n  <Text name="reference" value="$reference"/>\n'
-        '  <Choices name="label" toName="reference" choice="single" showInline="true">\n'
-        f"{choices}  </Choices>\n</View>\n"
+        f'  <Choices name="label" toName="reference" choice="{"multiple" if multiple else "single"}" '
+        f'showInline="true">\n{choices}  </Choices>\n</View>\n'
     )
 
 
-def _write_label_studio(rows: list[dict[str, Any]], round: int) -> str:
+def _write_label_studio(rows: list[dict[str, Any]], round: int, form: LabelForm) -> str:
     """Label Studio tasks: the row under ``data`` (plus ``round``), the model's guess as a prediction."""
     tasks = []
     for row in rows:
         task: dict[str, Any] = {"data": {**{k: row[k] for k in COLUMNS if k != "label"}, "round": round}}
-        if isinstance(row["suggested_label"], str):
-            choice = {"choices": [row["suggested_label"]]}
+        chosen = form.choices(row["suggested_label"])
+        if chosen is not None:
+            choice = {"choices": chosen}
             result = {"from_name": "label", "to_name": "reference", "type": "choices", "value": choice}
             task["predictions"] = [{"model_version": f"round {round}", "result": [result]}]
         tasks.append(task)
     return json.dumps(tasks, indent=1, ensure_ascii=False) + "\n"
 
 
-def _read_label_studio(path: Path, round: int) -> list[_Entry]:
-    """Entries from Label Studio's JSON export; tasks of other rounds (``data.round``) are skipped."""
+def _read_label_studio(path: Path, round: int, multiple: bool = False) -> list[_Entry]:
+    """Entries from Label Studio's JSON export; tasks of other rounds (``data.round``) are skipped.
+
+    A task's label is its one choice, or with ``multiple`` the list of choices that its annotations agree on.
+    """
     try:
         tasks = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
@@ -193,15 +198,27 @@ def _read_label_studio(path: Path, round: int) -> list[_Entry]:
         if not isinstance(data, dict) or "id" not in data:
             entries.append(_Entry(where, malformed="expected a task with `data.id`, as written by FileOracle"))
             continue
-        if "round" in data and _as_int(data["round"]) != round:
+        if "round" in data and as_int(data["round"]) != round:
             continue
-        choices: set[str] = set()
+        answers: list[list[str]] = []  # the choices of each annotation that made some
         for annotation in task.get("annotations") or []:
             if isinstance(annotation, dict) and not annotation.get("was_cancelled"):
+                chosen = []
                 for result in annotation.get("result") or []:
                     if isinstance(result, dict) and result.get("type") == "choices":
-                        choices.update(map(str, (result.get("value") or {}).get("choices") or []))
-        if len(choices) > 1:
+                        chosen += map(str, (result.get("value") or {}).get("choices") or [])
+                answers += [chosen] * bool(chosen)
+        choices = {choice for chosen in answers for choice in chosen}
+        if multiple:
+            distinct = sorted({tuple(sorted(set(chosen))) for chosen in answers})
+            if len(distinct) > 1:
+                shown = [list(chosen) for chosen in distinct]
+                entries.append(
+                    _Entry(where, data["id"], malformed=f"expected the annotations to agree, but got {shown}")
+                )
+            else:
+                entries.append(_Entry(where, data["id"], answers[0] if answers else None))
+        elif len(choices) > 1:
             entries.append(_Entry(where, data["id"], malformed=f"expected one choice, but got {sorted(choices)}"))
         else:
             entries.append(_Entry(where, data["id"], next(iter(choices), None)))
@@ -216,21 +233,24 @@ class FileOracle:
     :class:`~lightning_al.oracles.LabelsPending`, whose message says which file to fill and how; the loop
     saves its state and stops. After the annotator has filled every ``label``, resuming calls
     ``answer`` with the same query, which returns the labels in query order. A file with any problem
-    (unknown or unqueried id, duplicate, missing label, unknown class, malformed row) is refused as a
-    whole with one ``ValueError`` listing every problem; a file with no label filled yet raises
-    ``LabelsPending`` again.
+    (unknown or unqueried id, duplicate, missing label, unknown class, bad mask file, malformed row) is
+    refused as a whole with one ``ValueError`` listing every problem; a file with no label filled yet raises
+    ``LabelsPending`` again. What a label holds depends on ``task`` (see the module's description).
 
     Args:
         directory: root of the oracle's files (typically the run directory); nothing is written outside it.
-        class_names: names of the classes in class-id order; labels may then be names or ids, and the
-            model's suggestion is shown by name. Required for ``format="label_studio"``.
+        class_names: names of the classes (multi-label: of the labels) in class-id order; labels may then be
+            names or ids, and the model's suggestion is shown by name. Required for ``format="label_studio"``.
         num_classes: number of classes when no names are given (ids must lie in ``[0, num_classes)``).
-        format: ``"csv"``, ``"jsonl"`` or ``"label_studio"``.
+        format: ``"csv"``, ``"jsonl"`` or ``"label_studio"`` (not for segmentation).
         dataset: the dataset the ids index into; gives each row a ``reference`` (see
             :func:`sample_reference`) and lets unknown ids be told apart from unqueried ones.
         references: one reference per dataset index (e.g. file paths), used instead of the dataset's.
         queries_dir: folder of the query files, relative to ``directory`` and inside it.
         resume_command: the command that resumes the run, quoted in the messages.
+        task: what a label is (:class:`~lightning_al.tasks.MultiClass`, ``MultiLabel`` or ``Segmentation``);
+            None takes the datamodule's when the loop runs, and is multi-class when the oracle is used alone.
+            Segmentation masks are checked against the images' size when ``dataset`` is known.
     """
 
     def __init__(
@@ -243,11 +263,13 @@ class FileOracle:
         references: list[str] | None = None,
         queries_dir: str = "queries",
         resume_command: str | None = None,
+        task: Task | None = None,
     ) -> None:
         if not isinstance(directory, str | os.PathLike) or not os.fspath(directory):
             raise ValueError(f"Expected `directory` to be a non-empty path, but got {directory!r}.")
         if format not in FORMATS:
             raise ValueError(f"Expected `format` to be one of {', '.join(FORMATS)}, but got {format!r}.")
+        self._check_format(task, format)
         check_int("num_classes", num_classes, 1, optional=True)
         if class_names is not None:
             class_names = self._check_class_names(class_names)
@@ -278,6 +300,24 @@ class FileOracle:
         self.dataset = dataset
         self.references = references
         self.resume_command = resume_command
+        self.task = task
+        if task is not None:
+            self._form()  # refuse a task the class names do not fit now, not at the first query
+
+    @staticmethod
+    def _check_format(task: Task | None, format: str) -> None:
+        if format == "label_studio" and isinstance(task, Segmentation):
+            raise ValueError(
+                f"Expected a multi-class or multi-label task for `format`='label_studio' (its brush masks are not "
+                f"read), but got the task {task!r}. Use `format`='csv' or 'jsonl', whose `label` is a mask file."
+            )
+
+    def _form(self) -> LabelForm:
+        """How this oracle's task shows suggestions and reads labels (validated against the class names)."""
+        task = self.task if self.task is not None else MultiClass()
+        self._check_format(task, self.format)
+        item = self.dataset.__getitem__ if self.dataset is not None else None
+        return label_form(task, self.class_names, self.num_classes, self.directory, item)
 
     @staticmethod
     def _check_class_names(class_names: Any) -> list[str]:
@@ -290,7 +330,7 @@ class FileOracle:
                     f"Expected `class_names` to hold non-empty names without surrounding spaces, "
                     f"but got {name!r} at index {index}."
                 )
-            if _as_int(name) is not None and _as_int(name) != index:
+            if as_int(name) is not None and as_int(name) != index:
                 raise ValueError(
                     f"Expected an integer-like entry of `class_names` to equal its own index (else a label "
                     f"{name!r} is ambiguous), but got {name!r} at index {index}."
@@ -334,14 +374,19 @@ class FileOracle:
             return len(self.references)
         return len(self.dataset) if self.dataset is not None and hasattr(self.dataset, "__len__") else None
 
-    def _rows(self, query: Query, ids: list[int]) -> list[dict[str, Any]]:
-        predicted = query.predicted.tolist() if query.predicted is not None else [None] * len(ids)
+    def suggestions_dir(self, round: int) -> Path:
+        """The folder of the suggestion files of ``round`` (segmentation: the model's masks)."""
+        return self.queries_dir / f"round_{round:03d}_suggested"
+
+    def _rows(self, query: Query, ids: list[int], form: LabelForm) -> list[dict[str, Any]]:
+        guesses: list[Any] = [None] * len(ids)
+        if query.predicted is not None:
+            folder = self._inside(self.suggestions_dir(query.round))
+            guesses = form.suggestions(query.predicted, ids, self.format, folder, self.directory)
         # scores are for reading (six significant digits); the run's history keeps them exactly
         scores = [float(f"{s:.6g}") for s in query.scores.tolist()] if query.scores is not None else [None] * len(ids)
         rows = []
-        for index, guess, score in zip(ids, predicted, scores, strict=True):
-            if guess is not None and self.class_names is not None and 0 <= guess < len(self.class_names):
-                guess = self.class_names[guess]
+        for index, guess, score in zip(ids, guesses, scores, strict=True):
             rows.append(
                 {
                     "id": index,
@@ -353,35 +398,26 @@ class FileOracle:
             )
         return rows
 
-    def _write(self, path: Path, query: Query, ids: list[int]) -> None:
-        rows = self._rows(query, ids)
+    def _write(self, path: Path, query: Query, ids: list[int], form: LabelForm) -> None:
+        rows = self._rows(query, ids, form)
         if self.format == "csv":
             _write_text_atomic(path, _write_csv(rows))
         elif self.format == "jsonl":
             _write_text_atomic(path, _write_jsonl(rows))
         else:
             config = self._inside(self.queries_dir / "label_studio_config.xml")
-            _write_text_atomic(config, _label_studio_config(self.class_names or []))
-            _write_text_atomic(path, _write_label_studio(rows, query.round))
+            _write_text_atomic(config, _label_studio_config(self.class_names or [], form.multiple))
+            _write_text_atomic(path, _write_label_studio(rows, query.round, form))
 
-    def _read(self, path: Path, round: int) -> list[_Entry]:
+    def _read(self, path: Path, round: int, form: LabelForm) -> list[_Entry]:
         if self.format == "csv":
             return _read_csv(path)
         if self.format == "jsonl":
             return _read_jsonl(path)
-        return _read_label_studio(path, round)
+        return _read_label_studio(path, round, form.multiple)
 
     # ----- messages --------------------------------------------------------------------------
-    def _accepted(self) -> str:
-        """The values a label may take, in words."""
-        if self.class_names is not None:
-            names = self.class_names[:_LISTED_NAMES] + ["..."] * (len(self.class_names) > _LISTED_NAMES)
-            return f"a class name ({', '.join(names)}) or a class id in 0..{len(self.class_names) - 1}"
-        if self.num_classes is not None:
-            return f"a class id in 0..{self.num_classes - 1}"
-        return "a class id (an integer >= 0)"
-
-    def _instructions(self, round: int, count: int, fresh: bool) -> str:
+    def _instructions(self, round: int, count: int, fresh: bool, form: LabelForm) -> str:
         resume = (
             f"then resume with `{self.resume_command}`."
             if self.resume_command
@@ -392,7 +428,7 @@ class FileOracle:
             done = f"wrote {count} Label Studio tasks to {query}" if fresh else f"found no export at {answers} yet"
             return (
                 f"Round {round} needs labels: {done}. Import {query} into a Label Studio project (labelling config: "
-                f"{self.queries_dir / 'label_studio_config.xml'}), choose a class for every task, export the project "
+                f"{self.queries_dir / 'label_studio_config.xml'}), {form.studio_action}, export the project "
                 f"as JSON to {answers}, {resume}"
             )
         field = "column of every row" if self.format == "csv" else "field of every line"
@@ -402,43 +438,39 @@ class FileOracle:
             else f"no {_UNIT[self.format]} of {query} has a label yet"
         )
         return (
-            f"Round {round} needs labels: {done}. Fill the `label` {field} with {self._accepted()} "
-            f"(`suggested_label` is the model's guess), save the file in place, {resume}"
+            f"Round {round} needs labels: {done}. Fill the `label` {field} with {form.accepted(self.format)} "
+            f"({form.hint}), save the file in place, {resume}"
         )
 
     # ----- answering -------------------------------------------------------------------------
-    def _parse_label(self, value: Any) -> int | None:
-        """The class id a filled ``label`` names, or None when it names none."""
-        if self.class_names is not None and isinstance(value, str) and value.strip() in self.class_names:
-            return self.class_names.index(value.strip())
-        label = _as_int(value)
-        if label is None or label < 0 or (self.num_classes is not None and label >= self.num_classes):
-            return None
-        return label
-
-    def _check_query(self, query: Query) -> list[int]:
+    def _check_query(self, query: Query, form: LabelForm) -> list[int]:
         if not isinstance(query, Query):
             raise TypeError(f"Expected `query` to be a Query, but got {type(query).__name__}.")
         check_int("query.round", query.round, 0)
         ids = as_id_tensor("query.ids", query.ids)
         if ids.unique().numel() != ids.numel():
             raise ValueError(f"Expected `query.ids` to be distinct, but got {ids.tolist()}.")
-        for name, values in (("query.scores", query.scores), ("query.predicted", query.predicted)):
-            if values is not None and tuple(values.shape) != tuple(ids.shape):
-                raise ValueError(f"Expected `{name}` to have shape {tuple(ids.shape)}, but got {tuple(values.shape)}.")
+        if query.scores is not None and tuple(query.scores.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"Expected `query.scores` to have shape {tuple(ids.shape)}, but got {tuple(query.scores.shape)}."
+            )
+        if query.predicted is not None:
+            form.check_predicted(query.predicted, ids.numel())
         return ids.tolist()
 
-    def _labels(self, entries: list[_Entry], ids: list[int], round: int, path: Path) -> Tensor:
+    def _labels(
+        self, entries: list[_Entry], ids: list[int], round: int, path: Path, form: LabelForm
+    ) -> Tensor | list[Tensor]:
         """Every entry checked against the query: labels in query order, or one error listing every problem."""
         position = {index: i for i, index in enumerate(ids)}
-        labels: list[int] = [0] * len(ids)
+        labels: list[Any] = [None] * len(ids)
         first_seen: dict[int, str] = {}
         problems: list[str] = []
         missing: list[str] = []  # rows without a label: an error once labelling has begun, else still pending
         foreign = filled = False  # some entry names an unqueried id; some label is written
         size = self._dataset_size
         for entry in entries:
-            index = _as_int(entry.id)
+            index = as_int(entry.id)
             if entry.malformed is not None:
                 problems.append(f"{entry.where}: {entry.malformed}.")
             elif index is None:
@@ -461,17 +493,14 @@ class FileOracle:
             first_seen[index] = entry.where
             if entry.malformed is not None:
                 continue
-            if _is_blank(entry.label):
+            if is_blank(entry.label):
                 problems.append(f"{entry.where}: id {index} has no label.")
                 missing.append(problems[-1])
                 continue
             filled = True
-            label = self._parse_label(entry.label)
-            if label is None:
-                accepted = self._accepted()
-                problems.append(
-                    f"{entry.where}: expected the label of id {index} to be {accepted}, but got {entry.label!r}."
-                )
+            label, problem = form.parse(entry.label, index)
+            if problem is not None:
+                problems.append(f"{entry.where}: {problem}")
             else:
                 labels[position[index]] = label
         unit = _UNIT[self.format]
@@ -479,10 +508,10 @@ class FileOracle:
             f"id {index} was queried in round {round} but has no {unit}." for index in ids if index not in first_seen
         ]
         if not problems:
-            return torch.tensor(labels, dtype=torch.long)
+            return form.collect(labels)
         if not filled:
             if len(problems) == len(missing):
-                raise LabelsPending(self._instructions(round, len(ids), fresh=False))
+                raise LabelsPending(self._instructions(round, len(ids), fresh=False, form=form))
             problems = [problem for problem in problems if problem not in missing]  # labelling has not begun
         hint = ""
         if foreign:
@@ -494,21 +523,24 @@ class FileOracle:
             + hint
         )
 
-    def answer(self, query: Query) -> Tensor:
-        """``LongTensor[k]`` class ids for ``query.ids`` in order, read from the filled file.
+    def answer(self, query: Query) -> Tensor | list[Tensor]:
+        """The labels of ``query.ids`` in order, read from the filled file: ``LongTensor[k]`` class ids,
+        a ``(k, L)`` uint8 0/1 tensor (multi-label), or ``k`` masks (segmentation: a ``(k, H, W)`` tensor, or
+        a list of ``(H, W)`` tensors when the sizes differ).
 
         Raises:
             LabelsPending: the query file was just written, or nothing is labelled in it yet.
             ValueError: the file has problems (all listed, with row numbers); nothing is returned.
         """
-        ids = self._check_query(query)
+        form = self._form()
+        ids = self._check_query(query, form)
         if not ids:
-            return torch.empty(0, dtype=torch.long)
+            return form.collect([])
         answers = self._inside(self.answer_path(query.round))
         if not answers.exists():
             written = self._inside(self.query_path(query.round))
             fresh = not written.exists()
             if fresh:
-                self._write(written, query, ids)
-            raise LabelsPending(self._instructions(query.round, len(ids), fresh=fresh))
-        return self._labels(self._read(answers, query.round), ids, query.round, answers)
+                self._write(written, query, ids, form)
+            raise LabelsPending(self._instructions(query.round, len(ids), fresh=fresh, form=form))
+        return self._labels(self._read(answers, query.round, form), ids, query.round, answers, form)
