@@ -216,3 +216,35 @@ def test_each_strategy_runs_two_rounds_on_each_task(task_name, name):
     for i in queried:  # the simulated oracle's labels were recorded as they are in the dataset
         stored = dm.pool.label_of(i)
         assert torch.equal(stored.to(labels.dtype), labels[i])
+
+
+def test_a_segmentation_run_logs_its_metric_queries_and_curve_to_wandb(tmp_path):
+    wandb = pytest.importorskip("wandb")
+    from pytorch_lightning.loggers import WandbLogger
+    from wandb_offline import offline_wandb, read_offline_run
+
+    with offline_wandb(tmp_path):
+        dm = _seg_dm(initial_labelled=4)
+        loop = al.ActiveLearningLoop(
+            Entropy(),
+            query_size=3,
+            rounds=2,
+            progress=False,
+            trainer_kwargs=dict(max_epochs=1, accelerator="cpu", logger=WandbLogger(save_dir=str(tmp_path))),
+        )
+        torch.manual_seed(0)
+        history = loop.run(SmallUNet(num_classes=3, width=4), dm)
+        wandb.finish()
+    run = read_offline_run(tmp_path)
+    rounds = run.rows_with("al/round")
+    assert [row["al/test_miou"] for row in rounds] == pytest.approx([row["test_miou"] for row in history])
+    assert run.metrics["al/test_miou"] == "al/num_labelled"
+    masks = dm.train_set.tensors[1]
+    tables = [run.table(row["al/queried_samples"]) for row in run.rows_with("al/queried_samples")]
+    assert tables[0]["columns"][:4] == ["id", "score", "predicted", "label"]
+    for table in tables:  # a mask is shown as the classes it holds
+        for row in table["data"]:
+            assert row[3] == [c for c in masks[row[0]].unique().tolist() if c != 255]
+    (curve,) = [run.table(row["al/learning_curve"]) for row in run.rows_with("al/learning_curve")]
+    assert curve["columns"][:2] == ["num_labelled", "test_miou"]
+    assert run.config["task"].startswith("Segmentation(num_classes=3")
