@@ -248,3 +248,23 @@ def test_a_segmentation_run_logs_its_metric_queries_and_curve_to_wandb(tmp_path)
     (curve,) = [run.table(row["al/learning_curve"]) for row in run.rows_with("al/learning_curve")]
     assert curve["columns"][:2] == ["num_labelled", "test_miou"]
     assert run.config["task"].startswith("Segmentation(num_classes=3")
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [F.bald, F.variation_ratio, F.mean_std, F.vote_entropy, F.kl_to_consensus, F.predictive_entropy],
+    ids=lambda kernel: kernel.__name__,
+)
+def test_kernels_on_units_in_place_equal_their_flattened_form(kernel):
+    generator = torch.Generator().manual_seed(2)
+    seg_mc = torch.rand(3, 5, 4, 2, 3, generator=generator).softmax(dim=2)  # (N, T, C, H, W)
+    ml_mc = torch.rand(3, 5, 4, generator=generator)  # (N, T, L)
+    for task, mc in ((Segmentation(4, reduction="max"), seg_mc), (MultiLabel(4), ml_mc)):
+        fast = task.mc_score(kernel, mc)
+        units = task.mc_units(mc)
+        flat = task.reduce(kernel(units.reshape(-1, *units.shape[2:])).view(3, -1))
+        torch.testing.assert_close(fast, flat, rtol=1e-6, atol=1e-7)
+    # a kernel of the user's own goes through the flattened form
+    assert torch.equal(Segmentation(4).mc_score(lambda p: p[:, 0, 0], seg_mc), seg_mc[:, 0, 0].flatten(1).mean(1))
+    with pytest.raises(ValueError, match=r"`probs_N_T_C_U` to have shape \(N, T, C, \.\.\.\)"):
+        F.bayesian.per_unit(F.bald, torch.rand(3, 4))

@@ -120,4 +120,3 @@ class Softmax(Estimator):
         if GRAD_EMBEDDINGS in needs:
             out[GRAD_EMBEDDINGS] = task.gradient_embeddings(probs, features.float())
         return out
-

@@ -29,19 +29,22 @@ def check_finite(name: str, values: Tensor) -> None:
         raise ValueError(f"Expected `{name}` to be finite, but rows {shown}{more} contain NaN or inf.")
 
 
-def check_probs(name: str, probs: Tensor, ndim: int) -> None:
-    """Check that ``probs`` is a floating tensor of ``ndim`` dims whose last axis is a distribution.
+def check_probs(name: str, probs: Tensor, ndim: int, class_dim: int = -1, extra_dims: bool = False) -> None:
+    """Check that ``probs`` is a floating tensor of ``ndim`` dims whose axis ``class_dim`` is a distribution.
 
-    Rows must be finite, in ``[0, 1]`` and sum to 1 (tolerance scaled to the dtype).
+    Rows must be finite, in ``[0, 1]`` and sum to 1 (tolerance scaled to the dtype). With ``extra_dims``,
+    trailing unit axes after the first ``ndim`` are accepted (e.g. ``(N, T, C, H, W)`` with ``ndim=3``).
     """
     if not isinstance(probs, Tensor):
         raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {_describe(probs)}.")
-    if probs.ndim != ndim:
+    if probs.ndim != ndim and not (extra_dims and probs.ndim > ndim):
         axes = "N, C" if ndim == 2 else "N, T, C"
-        raise ValueError(f"Expected `{name}` to have shape ({axes}), but got {_describe(probs)}.")
+        raise ValueError(
+            f"Expected `{name}` to have shape ({axes}{', ...' if extra_dims else ''}), but got {_describe(probs)}."
+        )
     if not probs.is_floating_point():
         raise TypeError(f"Expected `{name}` to hold floating-point probabilities, but got {_describe(probs)}.")
-    if probs.shape[-1] < 1:
+    if probs.shape[class_dim] < 1:
         raise ValueError(f"Expected `{name}` to have at least one class, but got {_describe(probs)}.")
     if probs.numel() == 0:
         return
@@ -54,7 +57,7 @@ def check_probs(name: str, probs: Tensor, ndim: int) -> None:
             "Apply softmax to logits first."
         )
     atol = 1e-2 if torch.finfo(probs.dtype).bits <= 16 else 1e-3
-    sums = probs.sum(dim=-1).double().reshape(probs.shape[0], -1)  # summed in place: no float64 copy of probs
+    sums = probs.sum(dim=class_dim).double().reshape(probs.shape[0], -1)  # summed in place: no float64 copy
     worst_per_row = (sums - 1).abs().amax(dim=1)
     if worst_per_row.max() > atol:
         row = int(worst_per_row.argmax())

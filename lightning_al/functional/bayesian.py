@@ -35,42 +35,48 @@ from lightning_al.functional._checks import check_probs
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _checked(probs_N_T_C: Tensor) -> None:
-    check_probs("probs_N_T_C", probs_N_T_C, ndim=3)
+def _checked(probs_N_T_C: Tensor, name: str = "probs_N_T_C", units: bool = False) -> None:
+    check_probs(name, probs_N_T_C, ndim=3, class_dim=2, extra_dims=units)
     if probs_N_T_C.shape[1] < 1:
         raise ValueError(
-            "Expected `probs_N_T_C` to hold at least one pass or member (T >= 1), "
+            f"Expected `{name}` to hold at least one pass or member (T >= 1), "
             f"but got a tensor of shape {tuple(probs_N_T_C.shape)}."
         )
 
 
-def _rowwise(probs_N_T_C: Tensor, kernel: Callable[[Tensor], Tensor]) -> Tensor:
-    """Validate, then apply ``kernel`` to upcast chunks of rows; scores in the input's dtype, shape ``(N,)``."""
-    _checked(probs_N_T_C)
-    n, t, c = probs_N_T_C.shape
+def _rowwise(
+    probs_N_T_C: Tensor, kernel: Callable[[Tensor], Tensor], name: str = "probs_N_T_C", units: bool = False
+) -> Tensor:
+    """Validate, then apply ``kernel`` to upcast chunks of rows; scores in the input's dtype, shape ``(N, *U)``.
+
+    The private kernels below read the passes on axis 1 and the classes on axis 2, and keep any trailing
+    unit axes ``U`` (pixels, labels) untouched; with ``units=False`` the input must be exactly ``(N, T, C)``.
+    """
+    _checked(probs_N_T_C, name, units)
+    n = probs_N_T_C.shape[0]
     if n == 0:
-        return probs_N_T_C.new_zeros(0)
+        return probs_N_T_C.new_zeros((0, *probs_N_T_C.shape[3:]))
     wide = torch.float32 if probs_N_T_C.device.type == "mps" else torch.float64
-    rows = max(1, _CHUNK_ELEMENTS // (t * c))
+    rows = max(1, _CHUNK_ELEMENTS // max(1, probs_N_T_C[0].numel()))
     scores = [kernel(chunk.to(wide)) for chunk in probs_N_T_C.split(rows)]
     return torch.cat(scores).to(probs_N_T_C.dtype)
 
 
-def _entropy(probs_C: Tensor) -> Tensor:
-    """Entropy over the last axis, ``0 log 0 = 0``."""
-    return torch.special.entr(probs_C).sum(dim=-1)
+def _entropy(probs: Tensor, dim: int) -> Tensor:
+    """Entropy over the class axis ``dim``, ``0 log 0 = 0``."""
+    return torch.special.entr(probs).sum(dim=dim)
 
 
 def _vote_counts(probs_N_T_C: Tensor) -> Tensor:
-    """``(N, C)`` number of members whose argmax (first maximum on ties) is each class."""
-    votes_N_T = probs_N_T_C.argmax(dim=-1)
-    n, _, c = probs_N_T_C.shape
-    counts_N_C = probs_N_T_C.new_zeros(n, c)
+    """``(N, C, *U)`` number of members whose argmax (first maximum on ties) is each class."""
+    votes_N_T = probs_N_T_C.argmax(dim=2)
+    shape = (probs_N_T_C.shape[0], probs_N_T_C.shape[2], *probs_N_T_C.shape[3:])
+    counts_N_C = probs_N_T_C.new_zeros(shape)
     return counts_N_C.scatter_add_(1, votes_N_T, torch.ones_like(votes_N_T, dtype=counts_N_C.dtype))
 
 
 def _bald(probs_N_T_C: Tensor) -> Tensor:
-    mutual_information = _entropy(probs_N_T_C.mean(dim=1)) - _entropy(probs_N_T_C).mean(dim=1)
+    mutual_information = _entropy(probs_N_T_C.mean(dim=1), 1) - _entropy(probs_N_T_C, 2).mean(dim=1)
     return mutual_information.clamp_min(0)
 
 
@@ -85,14 +91,22 @@ def _mean_std(probs_N_T_C: Tensor) -> Tensor:
 
 
 def _vote_entropy(probs_N_T_C: Tensor) -> Tensor:
-    return _entropy(_vote_counts(probs_N_T_C) / probs_N_T_C.shape[1])
+    return _entropy(_vote_counts(probs_N_T_C) / probs_N_T_C.shape[1], 1)
 
 
 def _kl_to_consensus(probs_N_T_C: Tensor) -> Tensor:
     consensus_N_1_C = probs_N_T_C.mean(dim=1, keepdim=True)
     # where p > 0 the consensus is >= p / T > 0, so every logarithm taken is finite
-    kl_N_T = (torch.special.xlogy(probs_N_T_C, probs_N_T_C) - torch.special.xlogy(probs_N_T_C, consensus_N_1_C)).sum(-1)
+    kl_N_T = (torch.special.xlogy(probs_N_T_C, probs_N_T_C) - torch.special.xlogy(probs_N_T_C, consensus_N_1_C)).sum(2)
     return kl_N_T.mean(dim=1).clamp_min(0)
+
+
+def _predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
+    return _entropy(probs_N_T_C.mean(dim=1), 1)
+
+
+def _expected_entropy(probs_N_T_C: Tensor) -> Tensor:
+    return _entropy(probs_N_T_C, 2).mean(dim=1)
 
 
 def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
@@ -113,7 +127,7 @@ def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
         >>> predictive_entropy(probs)  # the first two average to uniform: ln 2
         tensor([0.6931, 0.6931, 0.0000])
     """
-    return _rowwise(probs_N_T_C, lambda p: _entropy(p.mean(dim=1)))
+    return _rowwise(probs_N_T_C, _predictive_entropy)
 
 
 def expected_entropy(probs_N_T_C: Tensor) -> Tensor:
@@ -130,7 +144,7 @@ def expected_entropy(probs_N_T_C: Tensor) -> Tensor:
         >>> expected_entropy(probs)  # confident members: 0; uniform members: ln 2
         tensor([0.0000, 0.6931])
     """
-    return _rowwise(probs_N_T_C, lambda p: _entropy(p).mean(dim=1))
+    return _rowwise(probs_N_T_C, _expected_entropy)
 
 
 def bald(probs_N_T_C: Tensor) -> Tensor:
@@ -238,3 +252,35 @@ def kl_to_consensus(probs_N_T_C: Tensor) -> Tensor:
         tensor([0.6931, 0.0000])
     """
     return _rowwise(probs_N_T_C, _kl_to_consensus)
+
+
+_UNIT_FORMS: dict[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] = {
+    predictive_entropy: _predictive_entropy,
+    expected_entropy: _expected_entropy,
+    bald: _bald,
+    variation_ratio: _variation_ratio,
+    mean_std: _mean_std,
+    vote_entropy: _vote_entropy,
+    kl_to_consensus: _kl_to_consensus,
+}
+
+
+def per_unit(kernel: Callable[[Tensor], Tensor], probs_N_T_C_U: Tensor) -> Tensor | None:
+    r"""A kernel of this module on every unit of ``probs_N_T_C_U``, shape ``(N, T, C, *U)`` → ``(N, *U)``.
+
+    The units are trailing axes (the ``H × W`` pixels of a segmentation, the ``L`` labels of a multi-label
+    sample as two-class Bernoullis), scored where they lie: no ``(N·U, T, C)`` copy is made, and each chunk
+    of samples is upcast and reduced as in the ``(N, T, C)`` form, whose values it equals unit by unit.
+
+    Returns:
+        The scores, or None when ``kernel`` is not one of this module's (score it in the ``(N, T, C)`` form).
+
+    Example:
+        >>> p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[None, :, :, None].expand(1, 2, 2, 3)  # (N, T, C, U)
+        >>> per_unit(bald, p)
+        tensor([[0.6931, 0.6931, 0.6931]])
+    """
+    unit_form = _UNIT_FORMS.get(kernel)
+    if unit_form is None:
+        return None
+    return _rowwise(probs_N_T_C_U, unit_form, "probs_N_T_C_U", units=True)

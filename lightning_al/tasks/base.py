@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_al.functional.bayesian import per_unit
 from lightning_al.functional.reduction import reduce_units
 
 # Names of every task; a strategy or estimator whose ``tasks`` is this works for all of them.
@@ -57,6 +58,10 @@ class Task:
         """``(N, U, T, K)``: the ``T`` passes of every unit."""
         raise NotImplementedError
 
+    def mc_in_place(self, mc_probs: Tensor) -> Tensor:
+        """``(N, T, K, *U)``: the passes with the ``K`` outcomes on axis 2 and the units left where they lie."""
+        raise NotImplementedError
+
     def reduce(self, scores_N_U: Tensor, valid_N_U: Tensor | None = None) -> Tensor:
         """One score per sample from its unit scores (see :func:`~lightning_al.functional.reduce_units`)."""
         return reduce_units(scores_N_U, "mean", valid_N_U)
@@ -66,8 +71,17 @@ class Task:
         return self._reduced(kernel, self.units(probs), valid)
 
     def mc_score(self, kernel: Kernel, mc_probs: Tensor, valid: Tensor | None = None) -> Tensor:
-        """``kernel`` (an ``(M, T, K) → (M,)`` score) on every unit's passes, reduced to ``(N,)``."""
-        return self._reduced(kernel, self.mc_units(mc_probs), valid)
+        """``kernel`` (an ``(M, T, K) → (M,)`` score) on every unit's passes, reduced to ``(N,)``.
+
+        The kernels of :mod:`lightning_al.functional.bayesian` run on the units where they lie
+        (:func:`~lightning_al.functional.bayesian.per_unit`: no ``(N·U, T, K)`` copy); any other kernel gets
+        the ``(N·U, T, K)`` form.
+        """
+        scores = per_unit(kernel, self.mc_in_place(mc_probs))
+        if scores is None:
+            return self._reduced(kernel, self.mc_units(mc_probs), valid)
+        n = scores.shape[0]
+        return self.reduce(scores.reshape(n, -1), None if valid is None else valid.reshape(n, -1))
 
     def _reduced(self, kernel: Kernel, units: Tensor, valid: Tensor | None) -> Tensor:
         n, u = units.shape[:2]

@@ -61,6 +61,9 @@ class MultiLabel(Task):
     def mc_units(self, mc_probs: Tensor) -> Tensor:
         return bernoulli_as_categorical(mc_probs).transpose(1, 2)
 
+    def mc_in_place(self, mc_probs: Tensor) -> Tensor:
+        return bernoulli_as_categorical(mc_probs).transpose(2, 3)  # (N, T, 2, L)
+
     def reduce(self, scores_N_U: Tensor, valid_N_U: Tensor | None = None) -> Tensor:
         return reduce_units(scores_N_U, self.reduction, valid_N_U)
 

@@ -100,6 +100,9 @@ class Segmentation(Task):
     def mc_units(self, mc_probs: Tensor) -> Tensor:
         return mc_probs.flatten(3).permute(0, 3, 1, 2)  # (N, H*W, T, C)
 
+    def mc_in_place(self, mc_probs: Tensor) -> Tensor:
+        return mc_probs  # (N, T, C, H, W)
+
     def reduce(self, scores_N_U: Tensor, valid_N_U: Tensor | None = None) -> Tensor:
         return reduce_units(scores_N_U, self.reduction, valid_N_U, self.top_k)
 
