@@ -48,14 +48,9 @@ def check_probs(name: str, probs: Tensor, ndim: int, class_dim: int = -1, extra_
         raise ValueError(f"Expected `{name}` to have at least one class, but got {_describe(probs)}.")
     if probs.numel() == 0:
         return
-    check_finite(name, probs)
-    outside = ((probs < 0) | (probs > 1)).reshape(probs.shape[0], -1).any(dim=1)
-    if outside.any():
-        raise ValueError(
-            f"Expected `{name}` to hold probabilities in [0, 1], but got values in "
-            f"[{probs.min().item():.4g}, {probs.max().item():.4g}] (first at row {int(outside.nonzero()[0])}). "
-            "Apply softmax to logits first."
-        )
+    lowest, highest = torch.aminmax(probs)  # one pass; NaN or inf fail the test and get the detailed checks
+    if not (lowest >= 0 and highest <= 1):
+        _refuse_outside(name, probs)
     atol = 1e-2 if torch.finfo(probs.dtype).bits <= 16 else 1e-3
     sums = probs.sum(dim=class_dim).double().reshape(probs.shape[0], -1)  # summed in place: no float64 copy
     worst_per_row = (sums - 1).abs().amax(dim=1)
@@ -65,6 +60,17 @@ def check_probs(name: str, probs: Tensor, ndim: int, class_dim: int = -1, extra_
             f"Expected each distribution in `{name}` to sum to 1, but row {row} has a distribution "
             f"summing to {float(sums[row][(sums[row] - 1).abs().argmax()]):.4g}. Apply softmax to logits first."
         )
+
+
+def _refuse_outside(name: str, probs: Tensor) -> None:
+    """Raise for the rows of ``probs`` that hold NaN or inf, else for the first with a value outside ``[0, 1]``."""
+    check_finite(name, probs)
+    outside = ((probs < 0) | (probs > 1)).reshape(probs.shape[0], -1).any(dim=1)
+    raise ValueError(
+        f"Expected `{name}` to hold probabilities in [0, 1], but got values in "
+        f"[{probs.min().item():.4g}, {probs.max().item():.4g}] (first at row {int(outside.nonzero()[0])}). "
+        "Apply softmax to logits first."
+    )
 
 
 def check_scores(name: str, scores: Tensor) -> None:
