@@ -87,8 +87,10 @@ class RunningTopK:
 
 def _non_finite_ids(ids: Tensor, value_B: Tensor) -> str | None:
     """The dataset ids (first 10) of rows of ``value_B`` holding NaN or inf, as text; None if every row is finite."""
+    if value_B.numel() == 0 or bool(torch.isfinite(value_B.sum())):  # one pass: NaN and inf reach the sum
+        return None
     bad = ~torch.isfinite(value_B.reshape(value_B.shape[0], -1)).all(dim=1)
-    if not bad.any():
+    if not bad.any():  # the sum overflowed, no value did
         return None
     bad = bad.cpu()
     return f"{ids.cpu()[bad][:10].tolist()}{' and more' if int(bad.sum()) > 10 else ''}"

@@ -253,10 +253,9 @@ class _PassHooks:
         weight_C_F = linear.weight.flatten(1)
         weights_GC_F = (scaled_G_F[:, None, :] * weight_C_F[None]).reshape(-1, x.shape[1])
         if x.ndim == 4:  # 1x1 conv: every pixel's channels through the G masked weights at once
-            out = nn.functional.conv2d(x, weights_GC_F[:, :, None, None])
-            out_B_G_C = out.view(x.shape[0], self.count, -1, *x.shape[2:])
-            if linear.bias is not None:
-                out_B_G_C = out_B_G_C + linear.bias[:, None, None]
+            bias = linear.bias.repeat(self.count) if linear.bias is not None else None
+            out_B_G_C = nn.functional.conv2d(x, weights_GC_F[:, :, None, None], bias)
+            out_B_G_C = out_B_G_C.view(x.shape[0], self.count, -1, *x.shape[2:])
             return out_B_G_C.transpose(0, 1).reshape(self.count * x.shape[0], -1, *x.shape[2:])
         out_B_G_C = (x @ weights_GC_F.T).view(x.shape[0], self.count, -1)
         if linear.bias is not None:
@@ -478,7 +477,7 @@ class MCDropout(Estimator):
         finally:
             for module, training in modes:
                 module.training = training
-        probs_B_T_C = groups[0].contiguous() if len(groups) == 1 else torch.cat(groups, dim=1)
+        probs_B_T_C = groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)  # a (B, T, ...) view: no copy
         return {MC_PROBS: probs_B_T_C, PROBS: probs_B_T_C.mean(dim=1)}
 
     def _passes(
