@@ -3,6 +3,7 @@
     python -m benchmarks                  # the full suite (about 4 minutes on 2 CPU cores)
     python -m benchmarks --quick          # tiny sizes, to check that everything runs
     python -m benchmarks --only scoring batchbald
+    python -m benchmarks --only segmentation   # opt-in parts run only when named
 
 Parts (each a module of this package with a ``suite_rows(quick)`` function):
 
@@ -11,7 +12,12 @@ Parts (each a module of this package with a ``suite_rows(quick)`` function):
 - ``batchbald``: the library's BatchBALD against a naive implementation from the paper's definition
   (and ``batchbald_redux`` when installed), with whether the picks are identical;
 - ``diversity``: k-center greedy and BADGE at N = 200,000, time and extra peak memory;
-- ``loop``: the active-learning loop's per-round overhead (all but fit and scoring) against the round.
+- ``loop``: the active-learning loop's per-round overhead (all but fit and scoring) against the round;
+- ``segmentation`` (opt-in, about 2.5 minutes): head-only MC-dropout BALD (T = 20) on 10,000 64×64 images
+  against one plain forward, each in a fresh process with its peak memory (``segmentation_scoring``).
+
+The learning curves of the multi-label and segmentation tasks are a separate command,
+``python -m benchmarks.task_curves`` (about 10 minutes), as ``python -m benchmarks.learning_curves`` is.
 
 The table is printed and written, with the machine and the command, to ``--output``
 (``benchmarks/results/suite.md``; ``suite_quick.md`` with ``--quick``).
@@ -31,7 +37,16 @@ import torch
 
 from benchmarks.suite import SuiteRow
 
-PARTS = {"scoring": "scoring", "batchbald": "batchbald", "diversity": "diversity", "loop": "loop_overhead"}
+PARTS = {
+    "scoring": "scoring",
+    "batchbald": "batchbald",
+    "diversity": "diversity",
+    "loop": "loop_overhead",
+    "segmentation": "segmentation_scoring",
+}
+# Parts left out of a plain `python -m benchmarks` (they run when named in --only).
+OPT_IN = ("segmentation",)
+DEFAULT_PARTS = [part for part in PARTS if part not in OPT_IN]
 RESULTS = Path(__file__).resolve().parent / "results"
 # Warnings that Lightning repeats on every predict call and that say nothing about the measurements.
 _QUIET = (".*LeafSpec.*", ".*does not have many workers.*", ".*predict returned None.*")
@@ -61,7 +76,9 @@ def markdown(rows: list[SuiteRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every part runs")
-    parser.add_argument("--only", nargs="+", choices=list(PARTS), help="run these parts only")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(PARTS), help=f"run these parts only (opt-in: {', '.join(OPT_IN)})"
+    )
     parser.add_argument("--output", type=Path, help="markdown file (default: benchmarks/results/suite.md)")
     args = parser.parse_args(argv)
     for message in _QUIET:
@@ -69,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / ("suite_quick.md" if args.quick else "suite.md")
     rows: list[SuiteRow] = []
     started = time.perf_counter()
-    for part in args.only or list(PARTS):
+    for part in args.only or DEFAULT_PARTS:
         part_start = time.perf_counter()
         print(f"[benchmarks] {part} ...", flush=True)
         module = importlib.import_module(f"benchmarks.{PARTS[part]}")
