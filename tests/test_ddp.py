@@ -46,6 +46,14 @@ def test_unique_by_id_drops_sampler_padding() -> None:
     assert merged["v"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # rank 0's original, not the copy
 
 
+def assert_same_selections(ddp: dict, one: dict, name: str) -> None:
+    """The DDP run selected and labelled what the one-process run did, with the same scores."""
+    assert ddp["selected_ids"] == one["selected_ids"], name
+    assert ddp["labelled_ids"] == one["labelled_ids"], name
+    if one["selected_scores"][0] is not None:
+        torch.testing.assert_close(torch.tensor(ddp["selected_scores"]), torch.tensor(one["selected_scores"]))
+
+
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_two_process_ddp_selects_as_one_process(tmp_path: Path, namespace: str) -> None:
     ranks = run_ranks("ddp_run.py", tmp_path, 2, namespace)
@@ -57,12 +65,8 @@ def test_two_process_ddp_selects_as_one_process(tmp_path: Path, namespace: str) 
     single = ddp_run.run_all(devices=1, namespace=namespace)
     assert single["world_size"] == 1
     for name in ("entropy", "entropy_subset", "badge", "coreset"):
-        ddp, one = ranks[0][name], single[name]
-        assert len(one["selected_ids"]) == 2, name  # two queries
-        assert ddp["selected_ids"] == one["selected_ids"], name
-        assert ddp["labelled_ids"] == one["labelled_ids"], name
-        if one["selected_scores"][0] is not None:
-            torch.testing.assert_close(torch.tensor(ddp["selected_scores"]), torch.tensor(one["selected_scores"]))
+        assert len(single[name]["selected_ids"]) == 2, name  # two queries
+        assert_same_selections(ranks[0][name], single[name], name)
     # the subset run scores only 41 candidates, so it must differ from the whole pool's query somewhere
     assert single["entropy_subset"]["selected_ids"] != single["entropy"]["selected_ids"]
 
@@ -75,9 +79,5 @@ def test_two_process_ddp_selects_as_one_process_on_multilabel_and_segmentation(t
 
     single = ddp_run.run_tasks(devices=1)
     for name in ("seg_entropy", "seg_bald", "seg_coreset", "seg_badge", "ml_bald", "ml_badge"):
-        ddp, one = ranks[0][name], single[name]
-        assert len(one["selected_ids"]) == 2 and len(one["labelled_ids"]) == 12, name
-        assert ddp["selected_ids"] == one["selected_ids"], name
-        assert ddp["labelled_ids"] == one["labelled_ids"], name
-        if one["selected_scores"][0] is not None:
-            torch.testing.assert_close(torch.tensor(ddp["selected_scores"]), torch.tensor(one["selected_scores"]))
+        assert len(single[name]["selected_ids"]) == 2 and len(single[name]["labelled_ids"]) == 12, name
+        assert_same_selections(ranks[0][name], single[name], name)

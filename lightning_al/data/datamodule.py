@@ -247,7 +247,7 @@ class ActiveDataModule(namespace.LightningDataModule):
         ids = self.pool.check_unlabelled(ids)
         labels = self.pool.check_labels(labels, ids)
         self.task.check_fits(labels, ids, self.train_set.__getitem__)
-        self.pool.label(ids, labels, round)
+        self.pool.record(ids, labels, round)
 
     def inputs(self, batch: Any) -> Any:
         """The model input of a batch from any of this module's dataloaders (see the class docstring)."""

@@ -94,7 +94,10 @@ class ActivePool:
         Everything is validated before anything changes: on any error the pool is untouched.
         """
         ids = self.check_unlabelled(ids)
-        labels = self.check_labels(labels, ids)
+        self.record(ids, self.check_labels(labels, ids), round)
+
+    def record(self, ids: Tensor, labels: Tensor | list[Tensor], round: int) -> None:
+        """Store labels that :meth:`check_unlabelled` and :meth:`check_labels` already passed, at ``round``."""
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels

@@ -83,9 +83,7 @@ def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1, task: Task | None 
         if task.name != "multiclass":
             return task.as_labels(targets[ids].cpu(), ids)
     labels = [read_target(dataset[i], key, i, task) for i in ids.tolist()]
-    if not labels:
-        return task.as_labels(torch.zeros(0, dtype=torch.long), ids) if task.name == "multiclass" else []
-    return stack_or_list(labels)
+    return stack_or_list(labels) if labels else task.as_labels([], ids)
 
 
 def input_of(batch: Any, key: Key = 0, what: str = "model input", argument: str = "input_key") -> Any:

@@ -48,11 +48,26 @@ def frozen_classifier(namespace: str) -> torch.nn.Module:
     return type("FrozenClassifier", (Frozen, tiny_classifier_class(namespace)), {})()
 
 
-def run_all(devices: int, namespace: str = "pytorch_lightning") -> dict[str, Any]:
-    """Two rounds with each strategy (``pool_subset`` for one of them); the selections per strategy."""
+def ddp_trainer_kwargs(devices: int) -> dict[str, Any]:
+    """One epoch on ``devices`` CPU processes (the ``ddp`` strategy when more than one)."""
     trainer_kwargs: dict[str, Any] = dict(max_epochs=1, accelerator="cpu", devices=devices, **QUIET_TRAINER)
     if devices > 1:
         trainer_kwargs["strategy"] = "ddp"
+    return trainer_kwargs
+
+
+def selections(history: list[dict[str, Any]], dm: al.ActiveDataModule) -> dict[str, Any]:
+    """The ids selected in each round, their scores, and the labelled ids at the end."""
+    return {
+        "selected_ids": [row["selected_ids"] for row in history if "selected_ids" in row],
+        "selected_scores": [row.get("selected_scores") for row in history if "selected_ids" in row],
+        "labelled_ids": dm.labelled_ids.tolist(),
+    }
+
+
+def run_all(devices: int, namespace: str = "pytorch_lightning") -> dict[str, Any]:
+    """Two rounds with each strategy (``pool_subset`` for one of them); the selections per strategy."""
+    trainer_kwargs = ddp_trainer_kwargs(devices)
     results: dict[str, Any] = {}
     for name, strategy, pool_subset in (
         ("entropy", Entropy(), None),
@@ -73,11 +88,7 @@ def run_all(devices: int, namespace: str = "pytorch_lightning") -> dict[str, Any
             pool_subset=pool_subset,
         )
         history = loop.run(model, dm)
-        results[name] = {
-            "selected_ids": [row["selected_ids"] for row in history if "selected_ids" in row],
-            "selected_scores": [row.get("selected_scores") for row in history if "selected_ids" in row],
-            "labelled_ids": dm.labelled_ids.tolist(),
-        }
+        results[name] = selections(history, dm)
     results["world_size"] = distributed.rank_and_world()[1]
     results["namespace"] = al.namespace.namespace_of(model).name
     return results
@@ -106,9 +117,7 @@ class FrozenMultiLabel(Frozen, MultiLabelMLP):
 
 def run_tasks(devices: int) -> dict[str, Any]:
     """Two rounds per strategy on the segmentation and multi-label tasks; the selections per run."""
-    trainer_kwargs: dict[str, Any] = dict(max_epochs=1, accelerator="cpu", devices=devices, **QUIET_TRAINER)
-    if devices > 1:
-        trainer_kwargs["strategy"] = "ddp"
+    trainer_kwargs = ddp_trainer_kwargs(devices)
     x = torch.randn(61, 6, generator=torch.Generator().manual_seed(0))
     y = torch.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 0] + x[:, 2] > 0], dim=1).float()
     results: dict[str, Any] = {}
@@ -130,11 +139,7 @@ def run_tasks(devices: int) -> dict[str, Any]:
         dm.batch_size, dm.eval_batch_size = 4, 8
         loop = al.ActiveLearningLoop(strategy, query_size=3, rounds=2, trainer_kwargs=trainer_kwargs, progress=False)
         history = loop.run(model, dm)
-        results[name] = {
-            "selected_ids": [row["selected_ids"] for row in history if "selected_ids" in row],
-            "selected_scores": [row.get("selected_scores") for row in history if "selected_ids" in row],
-            "labelled_ids": dm.labelled_ids.tolist(),
-        }
+        results[name] = selections(history, dm)
     results["world_size"] = distributed.rank_and_world()[1]
     return results
 
