@@ -24,6 +24,7 @@ from lightning_al.estimators.base import TrainFn
 from lightning_al.history import scalar_metrics, write_json_atomic
 from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, QueryOracle
 from lightning_al.outputs import PROBS, PoolOutputs
+from lightning_al.run_lock import RunDirectoryLock
 from lightning_al.run_state import FORMAT as RUN_STATE_FORMAT
 from lightning_al.run_state import STATE_FILE, check_fingerprint, load_state, save_atomic
 from lightning_al.scoring import predict_outputs, stream_metrics, stream_top_k
@@ -368,9 +369,26 @@ class ActiveLearningLoop:
         asked for twice). Without ``resume``, an ``output_dir`` that already holds a run is refused.
         If the oracle raises :class:`~lightning_al.oracles.LabelsPending` (a human has to label), the
         state is saved, its message printed, and ``run`` returns; ``pending_query`` is then set.
+        While it runs, the process holds ``output_dir`` (:class:`~lightning_al.run_lock.RunDirectoryLock`):
+        a second run or resume there is refused, naming this one.
         """
         if not isinstance(datamodule, ActiveDataModule):
             raise TypeError(f"Expected `datamodule` to be an ActiveDataModule, but got {type(datamodule).__name__}.")
+        lock = (
+            RunDirectoryLock(self.output_dir)
+            if self.output_dir is not None and distributed.is_rank_zero()
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return self._run(model, datamodule, on_round_end, resume)
+
+    def _run(
+        self,
+        model: pl.LightningModule,
+        datamodule: ActiveDataModule,
+        on_round_end: Callable[[dict[str, Any]], None] | None,
+        resume: bool,
+    ) -> list[dict[str, Any]]:
         dm = datamodule
         self._namespace = self._check_namespace(model)
         self._check_task(dm)

@@ -16,9 +16,21 @@ FORMAT = 1
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` via a temporary file, fsync and rename (never half-written)."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+    """``torch.save`` ``obj`` to ``path`` via a temporary file, fsync and rename (never half-written).
+
+    Raises:
+        OSError: the write failed (disk full, file too large, I/O error); the message names ``path`` and the
+            cause, and the file previously at ``path`` is left intact.
+    """
+    try:
+        with atomic_open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except (OSError, RuntimeError) as error:  # torch.save reports failed writes as RuntimeError too
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        kept = "the previous state there is intact" if Path(path).exists() else "nothing was written there"
+        message = f"Could not save the run state to `{path}` ({cause}); {kept}."
+        code = getattr(error, "errno", None)
+        raise (OSError(code, message) if isinstance(code, int) else OSError(message)) from error
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
