@@ -153,16 +153,32 @@ def _read_jsonl(path: Path) -> list[_Entry]:
     return entries
 
 
-def _label_studio_config(class_names: Sequence[str], multiple: bool = False) -> str:
-    """A Label Studio labelling config matching the tasks: one choice among the class names, or (multi-label)
-    any number of them, with a ``none`` choice for a sample that has none."""
+def label_studio_config(
+    class_names: Sequence[str],
+    multiple: bool = False,
+    shown: str = '<Header value="Sample $id"/>\n  <Text name="reference" value="$reference"/>',
+    to_name: str = "reference",
+) -> str:
+    """A Label Studio labelling config: ``shown`` (the tags that show a sample; ``to_name`` is the one labelled),
+    then one choice among the class names, or (multi-label) any number of them, with a ``none`` choice for a
+    sample that has none."""
     names = [*class_names, NONE_TOKEN] if multiple else list(class_names)
     choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in names)
     return (
-        '<View>\n  <Header value="Sample $id"/>\n  <Text name="reference" value="$reference"/>\n'
-        f'  <Choices name="label" toName="reference" choice="{"multiple" if multiple else "single"}" '
+        f"<View>\n  {shown}\n"
+        f'  <Choices name="label" toName="{to_name}" choice="{"multiple" if multiple else "single"}" '
         f'showInline="true">\n{choices}  </Choices>\n</View>\n'
     )
+
+
+def annotation_choices(annotation: Any) -> list[str]:
+    """The choices an annotation made (``[]`` for a skipped or empty one)."""
+    chosen: list[str] = []
+    if isinstance(annotation, dict) and not annotation.get("was_cancelled"):
+        for result in annotation.get("result") or []:
+            if isinstance(result, dict) and result.get("type") == "choices":
+                chosen += map(str, (result.get("value") or {}).get("choices") or [])
+    return chosen
 
 
 def _write_label_studio(rows: list[dict[str, Any]], round: int, form: LabelForm) -> str:
@@ -202,12 +218,8 @@ def _read_label_studio(path: Path, round: int, multiple: bool = False) -> list[_
             continue
         answers: list[list[str]] = []  # the choices of each annotation that made some
         for annotation in task.get("annotations") or []:
-            if isinstance(annotation, dict) and not annotation.get("was_cancelled"):
-                chosen = []
-                for result in annotation.get("result") or []:
-                    if isinstance(result, dict) and result.get("type") == "choices":
-                        chosen += map(str, (result.get("value") or {}).get("choices") or [])
-                answers += [chosen] * bool(chosen)
+            chosen = annotation_choices(annotation)
+            answers += [chosen] * bool(chosen)
         choices = {choice for chosen in answers for choice in chosen}
         if multiple:
             distinct = sorted({tuple(sorted(set(chosen))) for chosen in answers})
@@ -223,6 +235,23 @@ def _read_label_studio(path: Path, round: int, multiple: bool = False) -> list[_
         else:
             entries.append(_Entry(where, data["id"], next(iter(choices), None)))
     return entries
+
+
+def check_query(query: Query, form: LabelForm) -> list[int]:
+    """The query checked against the label form: its ids as a list (distinct), its scores and predictions."""
+    if not isinstance(query, Query):
+        raise TypeError(f"Expected `query` to be a Query, but got {type(query).__name__}.")
+    check_int("query.round", query.round, 0)
+    ids = as_id_tensor("query.ids", query.ids)
+    if ids.unique().numel() != ids.numel():
+        raise ValueError(f"Expected `query.ids` to be distinct, but got {ids.tolist()}.")
+    if query.scores is not None and tuple(query.scores.shape) != tuple(ids.shape):
+        raise ValueError(
+            f"Expected `query.scores` to have shape {tuple(ids.shape)}, but got {tuple(query.scores.shape)}."
+        )
+    if query.predicted is not None:
+        form.check_predicted(query.predicted, ids.numel())
+    return ids.tolist()
 
 
 # ----- the oracle ----------------------------------------------------------------------------
@@ -406,7 +435,7 @@ class FileOracle:
             _write_text_atomic(path, _write_jsonl(rows))
         else:
             config = self._inside(self.queries_dir / "label_studio_config.xml")
-            _write_text_atomic(config, _label_studio_config(self.class_names or [], form.multiple))
+            _write_text_atomic(config, label_studio_config(self.class_names or [], form.multiple))
             _write_text_atomic(path, _write_label_studio(rows, query.round, form))
 
     def _read(self, path: Path, round: int, form: LabelForm) -> list[_Entry]:
@@ -443,21 +472,6 @@ class FileOracle:
         )
 
     # ----- answering -------------------------------------------------------------------------
-    def _check_query(self, query: Query, form: LabelForm) -> list[int]:
-        if not isinstance(query, Query):
-            raise TypeError(f"Expected `query` to be a Query, but got {type(query).__name__}.")
-        check_int("query.round", query.round, 0)
-        ids = as_id_tensor("query.ids", query.ids)
-        if ids.unique().numel() != ids.numel():
-            raise ValueError(f"Expected `query.ids` to be distinct, but got {ids.tolist()}.")
-        if query.scores is not None and tuple(query.scores.shape) != tuple(ids.shape):
-            raise ValueError(
-                f"Expected `query.scores` to have shape {tuple(ids.shape)}, but got {tuple(query.scores.shape)}."
-            )
-        if query.predicted is not None:
-            form.check_predicted(query.predicted, ids.numel())
-        return ids.tolist()
-
     def _labels(
         self, entries: list[_Entry], ids: list[int], round: int, path: Path, form: LabelForm
     ) -> Tensor | list[Tensor]:
@@ -533,7 +547,7 @@ class FileOracle:
             ValueError: the file has problems (all listed, with row numbers); nothing is returned.
         """
         form = self._form()
-        ids = self._check_query(query, form)
+        ids = check_query(query, form)
         if not ids:
             return form.collect([])
         answers = self._inside(self.answer_path(query.round))

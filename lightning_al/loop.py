@@ -19,10 +19,11 @@ from torch import Tensor
 from lightning_al import distributed, namespace
 from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
+from lightning_al.data.pool import as_id_tensor
 from lightning_al.estimators import Estimator, Softmax
 from lightning_al.estimators.base import TrainFn
 from lightning_al.history import scalar_metrics, write_json_atomic
-from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, Query, QueryOracle
+from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, PartialLabels, Query, QueryOracle
 from lightning_al.outputs import PROBS, PoolOutputs
 from lightning_al.run_lock import RunDirectoryLock
 from lightning_al.run_state import FORMAT as RUN_STATE_FORMAT
@@ -407,6 +408,8 @@ class ActiveLearningLoop:
         oracle = self.oracle or DatasetOracle(dm.train_set, dm.target_key, dm.task)
         if isinstance(oracle, QueryOracle) and getattr(oracle, "dataset", False) is None:
             oracle.dataset = dm.train_set  # an oracle that shows samples (e.g. their paths) reads them from here
+        if getattr(oracle, "directory", False) is None and self.output_dir is not None:
+            oracle.directory = str(self.output_dir)  # an oracle that keeps records (what it pushed) keeps them here
         if getattr(oracle, "task", False) is None:
             oracle.task = dm.task  # an oracle that parses labels (e.g. mask files) reads their form from here
         initial_state = self._initial_state if self._initial_state is not None else initial_state
@@ -440,8 +443,12 @@ class ActiveLearningLoop:
                     self._save(model, dm, pending)
                     _print_rank_zero(str(waiting))
                     return self.history
-                dm.label(query.ids, labels, round=self.round + 1)  # validated by the pool before anything changes
-                self.acquired += k
+                if isinstance(labels, PartialLabels):  # some queried ids got no label: they return to the pool
+                    query, labels = self._answered_part(query, labels)
+                    row["num_returned"] = k - query.ids.numel()
+                if query.ids.numel():
+                    dm.label(query.ids, labels, round=self.round + 1)  # validated by the pool before any change
+                self.acquired += query.ids.numel()
                 self._pseudo_label(dm, selection, row)
                 self.pending_query = pending = None
             self.history.append(row)
@@ -456,6 +463,27 @@ class ActiveLearningLoop:
                 if self._round_logger is not None:
                     self._round_logger.finish(self.history, dm.pool.labelled_round, self._labels_record(dm))
                 return self.history
+
+    @staticmethod
+    def _answered_part(query: Query, answer: PartialLabels) -> tuple[Query, Tensor | list[Tensor]]:
+        """The query narrowed to the ids the oracle labelled (refusing ids it was not asked for)."""
+        ids = as_id_tensor("labels.ids", answer.ids)
+        keep = torch.isin(query.ids, ids)
+        if int(keep.sum()) != ids.numel() or ids.unique().numel() != ids.numel():
+            raise ValueError(
+                f"Expected the oracle's `PartialLabels.ids` to be distinct ids of the query, but got {ids.tolist()} "
+                f"for the query {query.ids.tolist()}."
+            )
+        order = query.ids[keep]
+        if not torch.equal(order, ids):
+            raise ValueError(f"Expected `PartialLabels.ids` in query order {order.tolist()}, but got {ids.tolist()}.")
+        narrowed = dataclasses.replace(
+            query,
+            ids=order,
+            scores=query.scores[keep] if query.scores is not None else None,
+            predicted=query.predicted[keep] if query.predicted is not None else None,
+        )
+        return narrowed, answer.labels
 
     @staticmethod
     def _labels_record(dm: ActiveDataModule) -> Tensor | list[Any]:

@@ -59,6 +59,21 @@ class QueryOracle(Protocol):
     def answer(self, query: Query) -> Tensor | list[Tensor]: ...
 
 
+@dataclass(frozen=True)
+class PartialLabels:
+    """What an oracle returns when some queried samples got no label (e.g. an annotator skipped them).
+
+    Attributes:
+        ids: ``LongTensor[m]`` the labelled ids, a subset of the query's, in query order.
+        labels: their labels, in the task's form as for :class:`Oracle`.
+
+    The loop records these labels; the query's other ids return to the unlabelled pool.
+    """
+
+    ids: Tensor
+    labels: Tensor | list[Tensor]
+
+
 class LabelsPending(Exception):
     """Raised by an oracle whose answers are not ready (a human has to label first).
 
