@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# A Label Studio server for the tests of LabelStudioOracle, in its own environment (not a dependency).
+LABEL_STUDIO_VENV ?= .venv-label-studio
+LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: install demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
+.PHONY: install label-studio bench-label-studio demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +17,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+label-studio: $(LABEL_STUDIO_VENV)/.installed
+
+$(LABEL_STUDIO_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/pip install --quiet "$(LABEL_STUDIO_SPEC)"
 	touch $@
 
 demo: install
@@ -34,7 +44,10 @@ bench: install
 curves: install
 	$(BIN)/python -m benchmarks.learning_curves
 
-test: install
+bench-label-studio: install label-studio
+	$(BIN)/python -m benchmarks.label_studio_push
+
+test: install label-studio
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check lightning_al examples tests benchmarks
 
@@ -43,4 +56,4 @@ lint: install
 	$(BIN)/ruff format --check lightning_al examples tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .pytest_cache

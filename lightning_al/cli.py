@@ -45,6 +45,7 @@ from lightning_al.run_state import STATE_FILE
 # The strategy used when the config names none: typicality while labels are few, then BADGE.
 DEFAULT_STRATEGY = "lightning_al.strategies.BudgetAware"
 CONFIG_FILE_NAME = "config.yaml"
+SECRET_ARGUMENTS = frozenset({"token", "api_key", "password"})  # never written to a saved config
 
 if TYPE_CHECKING:
     from pytorch_lightning.cli import ArgsType, LightningArgumentParser
@@ -157,8 +158,12 @@ class _ActiveLearningCLI:
         keep_none = {
             "skip_unset" if "skip_unset" in inspect.signature(self.parser.dump).parameters else "skip_none": False
         }
+        config = self.config.clone()
+        for key, value in list(config.items()):
+            if key.rsplit(".", 1)[-1] in SECRET_ARGUMENTS and value is not None:
+                config[key] = None  # secrets stay out of saved configs: give them by environment variable
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.parser.dump(self.config, format="yaml", **keep_none))
+        path.write_text(self.parser.dump(config, format="yaml", **keep_none))
 
 
 def cli_class(ns: namespace.Namespace | str | None = None) -> type:

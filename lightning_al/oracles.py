@@ -47,18 +47,6 @@ class Query:
     predicted: Tensor | None = None
 
 
-@runtime_checkable
-class QueryOracle(Protocol):
-    """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
-
-    ``answer(query)`` returns one label per id in the order of ``query.ids`` (class indices, or the task's
-    form as for :class:`Oracle`), or
-    raises :class:`LabelsPending` when the answers are not available yet.
-    """
-
-    def answer(self, query: Query) -> Tensor | list[Tensor]: ...
-
-
 @dataclass(frozen=True)
 class PartialLabels:
     """What an oracle returns when some queried samples got no label (e.g. an annotator skipped them).
@@ -72,6 +60,18 @@ class PartialLabels:
 
     ids: Tensor
     labels: Tensor | list[Tensor]
+
+
+@runtime_checkable
+class QueryOracle(Protocol):
+    """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
+
+    ``answer(query)`` returns one label per id in the order of ``query.ids`` (class indices, or the task's
+    form as for :class:`Oracle`), or :class:`PartialLabels` when only some ids got a label, or
+    raises :class:`LabelsPending` when the answers are not available yet.
+    """
+
+    def answer(self, query: Query) -> Tensor | list[Tensor] | PartialLabels: ...
 
 
 class LabelsPending(Exception):

@@ -215,3 +215,21 @@ def test_constructor_arguments_are_checked() -> None:
         ActiveLearningCLI(args=args, run=True)
     with pytest.raises(TypeError, match="`datamodule_class`"):
         ActiveLearningCLI(args=args, datamodule_class=pl.LightningDataModule)
+
+
+def test_a_saved_config_never_holds_a_token(tmp_path: Path) -> None:
+    from lightning_al.label_studio import LabelStudioError
+
+    token = "f" * 40
+    output = tmp_path / "run"
+    args = [
+        "--config", UNCERTAINTY, *TINY, "--loop.rounds=1", f"--loop.output_dir={output}",
+        "--loop.oracle=lightning_al.label_studio.LabelStudioOracle",
+        "--loop.oracle.init_args.url=http://127.0.0.1:9", f"--loop.oracle.init_args.token={token}",
+        "--loop.oracle.init_args.class_names=[a,b,c,d,e,f,g,h,i,j]", "--loop.oracle.init_args.retries=0",
+    ]  # fmt: skip
+    with pytest.raises(LabelStudioError, match=r"Could not reach Label Studio at http://127\.0\.0\.1:9"):
+        main(args)
+    saved = (output / "config.yaml").read_text()
+    assert "LabelStudioOracle" in saved and token not in saved
+    assert yaml.safe_load(saved)["loop"]["oracle"]["init_args"]["token"] is None
