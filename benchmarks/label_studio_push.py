@@ -13,6 +13,7 @@ into a second project (as if annotated), and ``answer`` reads, checks and return
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -22,8 +23,6 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-import contextlib
-
 from label_studio_server import init_data_dir, start_server
 
 from lightning_al.datasets import Digits
