@@ -46,7 +46,7 @@ from lightning_al._atomic import atomic_open
 from lightning_al._validation import check_int
 from lightning_al.data.pool import as_id_tensor
 from lightning_al.file_labels import NONE_TOKEN, LabelForm, as_int, is_blank, label_form
-from lightning_al.oracles import LabelsPending, Query
+from lightning_al.oracles import Answer, LabelsPending, Query
 from lightning_al.tasks import MultiClass, Segmentation, Task
 
 COLUMNS = ("id", "reference", "suggested_label", "score", "label")
@@ -537,7 +537,7 @@ class FileOracle:
             + hint
         )
 
-    def answer(self, query: Query) -> Tensor | list[Tensor]:
+    def answer(self, query: Query) -> Answer:
         """The labels of ``query.ids`` in order, read from the filled file: ``LongTensor[k]`` class ids,
         a ``(k, L)`` uint8 0/1 tensor (multi-label), or ``k`` masks (segmentation: a ``(k, H, W)`` tensor, or
         a list of ``(H, W)`` tensors when the sizes differ).

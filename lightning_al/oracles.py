@@ -62,6 +62,9 @@ class PartialLabels:
     labels: Tensor | list[Tensor]
 
 
+Answer = Tensor | list[Tensor] | PartialLabels  # what a QueryOracle's ``answer`` returns
+
+
 @runtime_checkable
 class QueryOracle(Protocol):
     """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
@@ -71,7 +74,7 @@ class QueryOracle(Protocol):
     raises :class:`LabelsPending` when the answers are not available yet.
     """
 
-    def answer(self, query: Query) -> Tensor | list[Tensor] | PartialLabels: ...
+    def answer(self, query: Query) -> Answer: ...
 
 
 class LabelsPending(Exception):

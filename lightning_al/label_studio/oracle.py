@@ -46,7 +46,7 @@ from lightning_al._atomic import atomic_open
 from lightning_al.file_labels import LabelForm, is_blank, label_form
 from lightning_al.file_oracle import annotation_choices, check_query, label_studio_config
 from lightning_al.label_studio.client import LabelStudioClient, LabelStudioError
-from lightning_al.oracles import LabelsPending, PartialLabels, Query
+from lightning_al.oracles import Answer, LabelsPending, PartialLabels, Query
 from lightning_al.tasks import MultiClass, Segmentation, Task
 
 INPUTS = ("image", "text")
@@ -54,6 +54,7 @@ DISAGREEMENT = ("majority", "latest", "error")
 SKIPPED = ("drop", "requeue")
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 IMPORT_CHUNK = 1000  # tasks per import request
+SCORE_VIEW = "By acquisition score"  # the Data Manager view created with a project
 
 
 def _choose(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -222,14 +223,19 @@ class LabelStudioOracle:
             "POST", "/api/projects/", json={"title": self.project, "label_config": self.labelling_config(multiple)}
         )
         self._project_id = int(created["id"])
-        view = {"title": "By acquisition score", "ordering": ["-tasks:predictions_score"], "type": "list"}
+        view = {"title": SCORE_VIEW, "ordering": ["-tasks:predictions_score"], "type": "list"}
         with contextlib.suppress(LabelStudioError):  # a convenience: sorting by prediction score works without it
             self.client.request("POST", "/api/dm/views/", json={"project": self._project_id, "data": view})
         return self._project_id
 
     def project_url(self) -> str:
-        """The project's page in Label Studio."""
-        return f"{self.url}/projects/{self.project_id()}/data"
+        """The project's page in Label Studio (its "By acquisition score" view when it has one)."""
+        project = self.project_id()
+        with contextlib.suppress(LabelStudioError, TypeError, KeyError):
+            for view in self.client.request("GET", "/api/dm/views/", params={"project": project}) or []:
+                if (view.get("data") or {}).get("title") == SCORE_VIEW:
+                    return f"{self.url}/projects/{project}/data?tab={view['id']}"
+        return f"{self.url}/projects/{project}/data"
 
     def round_tasks(self, round: int) -> dict[int, list[dict[str, Any]]]:
         """The project's tasks of ``round`` by dataset id, with their annotations (from the JSON export)."""
@@ -387,7 +393,7 @@ class LabelStudioOracle:
             f"score). Annotate them in Label Studio, then run {resume}."
         )
 
-    def answer(self, query: Query) -> Tensor | list[Tensor] | PartialLabels:
+    def answer(self, query: Query) -> Answer:
         """The labels of ``query.ids``; :class:`~lightning_al.oracles.PartialLabels` when some were skipped or
         deleted (those return to the pool).
 
