@@ -293,3 +293,34 @@ def test_missing_token_and_segmentation_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="FileOracle"):
         LabelStudioOracle("http://127.0.0.1:1", NAMES, task=al.tasks.Segmentation(num_classes=3))
     assert os.environ["LABEL_STUDIO_API_KEY"] not in repr(LabelStudioOracle("http://127.0.0.1:1", NAMES))
+
+
+def personal_access_token(server) -> str:
+    """A personal access token made as a user would in the UI: log in, then create one."""
+    import requests
+    from label_studio_server import PASSWORD, USER
+
+    session = requests.Session()
+    session.get(f"{server.url}/user/login/", timeout=30)
+    csrf = session.cookies["csrftoken"]
+    session.post(
+        f"{server.url}/user/login/",
+        data={"email": USER, "password": PASSWORD, "csrfmiddlewaretoken": csrf},
+        headers={"Referer": f"{server.url}/user/login/"},
+        timeout=30,
+    )
+    answer = session.post(f"{server.url}/api/token/", headers={"X-CSRFToken": session.cookies["csrftoken"]}, timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()["token"]
+
+
+def test_a_personal_access_token_is_exchanged_and_refreshed(server):
+    token = personal_access_token(server)
+    assert token.count(".") == 2
+    oracle = LabelStudioOracle(server.url, NAMES, project="personal token", token=token, image_shape=[2, 2])
+    oracle.dataset = blobs(60, seed=0)
+    with pytest.raises(LabelsPending, match="pushed 2 tasks"):
+        oracle.answer(Query(0, torch.tensor([1, 2]), None))
+    oracle.client._access = "expired.access.token"  # as after its 5 minutes: refreshed on the 401
+    assert oracle.round_tasks(0).keys() == {1, 2}
+    assert oracle.client._access != "expired.access.token"
