@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 TRANSIENT_STATUS = (429, 500, 502, 503, 504)
@@ -103,12 +104,14 @@ class LabelStudioClient:
             response = self._session.request(
                 method, where, params=params, json=json, headers=headers, timeout=self.timeout
             )
-        except requests.exceptions.Timeout:
-            raise LabelStudioError(
-                f"Label Studio at {self.url} did not answer {method} {path} within {self.timeout:g} s (after retries)."
-            ) from None
-        except requests.exceptions.ConnectionError as error:
-            reason = type(getattr(error.args[0], "reason", error)).__name__ if error.args else type(error).__name__
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as error:
+            cause = getattr(error.args[0], "reason", error) if error.args else error
+            if isinstance(error, requests.exceptions.Timeout) or isinstance(cause, TimeoutError | ReadTimeoutError):
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} did not answer {method} {path} within {self.timeout:g} s "
+                    "(after retries)."
+                ) from None
+            reason = type(cause).__name__
             raise LabelStudioError(
                 f"Could not reach Label Studio at {self.url} ({method} {path}: {reason}). Is the server running "
                 "and the URL right?"
