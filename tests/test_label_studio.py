@@ -324,3 +324,23 @@ def test_a_personal_access_token_is_exchanged_and_refreshed(server):
     oracle.client._access = "expired.access.token"  # as after its 5 minutes: refreshed on the 401
     assert oracle.round_tasks(0).keys() == {1, 2}
     assert oracle.client._access != "expired.access.token"
+
+
+def test_multi_label_tasks_take_several_choices_or_none(server, annotator):
+    task_kind = al.tasks.MultiLabel(num_labels=3)
+    oracle = make_oracle(server, "multi label", dataset=blobs(60, seed=0), task=task_kind)
+    predicted = torch.tensor([[1, 0, 1], [0, 0, 0]], dtype=torch.uint8)
+    with pytest.raises(LabelsPending, match="pushed 2 tasks"):
+        oracle.answer(Query(0, torch.tensor([3, 4]), torch.tensor([0.5, 0.1], dtype=torch.double), predicted))
+    project = oracle.project_id()
+    import requests
+
+    config = requests.get(
+        f"{server.url}/api/projects/{project}/", headers={"Authorization": f"Token {server.token}"}, timeout=30
+    ).json()["label_config"]
+    assert 'choice="multiple"' in config and 'value="none"' in config
+    task = {t["data"]["dataset_id"]: t["id"] for t in annotator.tasks(project)}
+    annotator.annotate(task[3], ["red", "blue"])
+    annotator.annotate(task[4], ["none"])
+    labels = oracle.answer(Query(0, torch.tensor([3, 4]), None))
+    assert labels.tolist() == [[1, 0, 1], [0, 0, 0]]
