@@ -177,6 +177,7 @@ class LabelStudioOracle:
         self.dataset = dataset
         self.task = task
         self._project_id: int | None = None
+        self._pushed_rounds: set[int] = set()  # rounds pushed, when no `directory` keeps the markers
         self._check_task()
 
     def __repr__(self) -> str:
@@ -260,7 +261,7 @@ class LabelStudioOracle:
     def _pushed(self, round: int) -> bool:
         marker = self._marker(round)
         if marker is None:
-            return round in getattr(self, "_pushed_rounds", set())
+            return round in self._pushed_rounds
         if not marker.exists():
             return False
         record = json.loads(marker.read_text())
@@ -272,7 +273,7 @@ class LabelStudioOracle:
     def _mark_pushed(self, round: int, count: int) -> None:
         marker = self._marker(round)
         if marker is None:
-            self._pushed_rounds = {*getattr(self, "_pushed_rounds", set()), round}
+            self._pushed_rounds.add(round)
             return
         with atomic_open(marker, "w") as handle:
             json.dump({"url": self.url, "project": self.project_id(), "round": round, "tasks": count}, handle)
