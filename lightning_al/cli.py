@@ -5,15 +5,15 @@
     lightning-al --config examples/configs/uncertainty.yaml --print_config   # the full, resolved config
     lightning-al --config examples/configs/file_oracle.yaml --resume         # continue from loop.output_dir
 
-The config has the sections of :class:`~pytorch_lightning.cli.LightningCLI`, with a ``loop``
+The config has the sections of `pytorch_lightning.cli.LightningCLI`, with a ``loop``
 section added:
 
 - ``model``: any LightningModule by ``class_path`` whose ``forward`` returns logits;
-- ``data``: the arguments of :class:`~lightning_al.ActiveDataModule` (datasets by ``class_path``);
+- ``data``: the arguments of `lightning_al.ActiveDataModule` (datasets by ``class_path``);
 - ``trainer``: the arguments of every round's ``Trainer`` (callbacks and ``logger`` included; the
   experiment is logged to that logger). No Trainer is built from them up front: the loop builds
   one per round;
-- ``loop``: the arguments of :class:`~lightning_al.ActiveLearningLoop` (strategy, estimator and
+- ``loop``: the arguments of `lightning_al.ActiveLearningLoop` (strategy, estimator and
   oracle by ``class_path``, query size, rounds, budget, output directory, ...);
 - ``seed_everything``: seeds the model's initialisation, as in any LightningCLI.
 
@@ -62,8 +62,8 @@ def _differs(value: Any, default: Any) -> bool:
 
 
 class _ActiveLearningCLI:
-    """A :class:`~pytorch_lightning.cli.LightningCLI` that builds model, datamodule and
-    :class:`~lightning_al.ActiveLearningLoop` from a config, then runs the loop with :meth:`run`.
+    """A `pytorch_lightning.cli.LightningCLI` that builds model, datamodule and
+    `lightning_al.ActiveLearningLoop` from a config, then runs the loop with `run`.
 
     The ``trainer`` section is not turned into one Trainer: the Trainer arguments the config
     sets (those that differ from the Trainer's defaults, with callbacks and logger instantiated)
@@ -72,10 +72,10 @@ class _ActiveLearningCLI:
     Args:
         args: command-line arguments (default ``sys.argv[1:]``), or a dict / Namespace of config.
         datamodule_class: the datamodule (``ActiveDataModule`` or a subclass).
-        kwargs: further arguments of :class:`~pytorch_lightning.cli.LightningCLI` (``run`` is always
-            False: :meth:`run` runs the experiment).
+        kwargs: further arguments of `pytorch_lightning.cli.LightningCLI` (``run`` is always
+            False: `run` runs the experiment).
 
-    :func:`cli_class` gives it on the ``LightningCLI`` of either namespace; :class:`ActiveLearningCLI` is the
+    `cli_class` gives it on the ``LightningCLI`` of either namespace; `ActiveLearningCLI` is the
     default namespace's.
     """
 

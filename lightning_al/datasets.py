@@ -39,12 +39,12 @@ class MultiLabelDigits(TensorDataset):
     """Strips of three 8×8 slots, each empty or holding a scikit-learn digit: items ``(x, y)`` with ``x`` of
     shape ``(192,)`` in [0, 1] and ``y`` a float 0/1 vector of the 10 digits present (multi-label).
 
-    Each strip draws 1 to 3 digits (of distinct classes) from the pool or test split of :class:`Digits`, so the
+    Each strip draws 1 to 3 digits (of distinct classes) from the pool or test split of `Digits`, so the
     test strips never reuse a pool image. Generated on the fly, nothing is downloaded. Requires scikit-learn.
 
     Args:
         num_samples: strips to compose.
-        split: ``"pool"`` or ``"test"`` (the split of :class:`Digits` the digit images come from).
+        split: ``"pool"`` or ``"test"`` (the split of `Digits` the digit images come from).
         seed: seed of the composition.
     """
 

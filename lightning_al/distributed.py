@@ -2,15 +2,15 @@
 
 Under a multi-process strategy (``Trainer(strategy="ddp", devices=n)``), every rank runs the
 active-learning loop. Scoring is split: rank ``r`` of ``W`` scores the candidates at positions
-``r, r + W, r + 2W, ...`` of the ascending id list (:func:`shard`: disjoint, no padding). The
+``r, r + W, r + 2W, ...`` of the ascending id list (`shard`: disjoint, no padding). The
 results meet again by dataset id:
 
-- score-only strategies (:attr:`~lightning_al.strategies.base.ScoreStrategy.streamable`) keep a
-  running top ``k`` per rank; :func:`merge_top_k` gathers the ``W`` lists (``W * k`` pairs) on every
+- score-only strategies (`lightning_al.strategies.base.ScoreStrategy.streamable`) keep a
+  running top ``k`` per rank; `merge_top_k` gathers the ``W`` lists (``W * k`` pairs) on every
   rank and keeps the best ``k``, so the selection is computed once per rank from the same numbers;
-- every other strategy receives the whole pool's outputs on rank 0 (:func:`gather_by_id`, which also
+- every other strategy receives the whole pool's outputs on rank 0 (`gather_by_id`, which also
   drops the duplicates a padding ``DistributedSampler`` adds), selects there, and the query is
-  broadcast (:func:`broadcast_from_rank_zero`).
+  broadcast (`broadcast_from_rank_zero`).
 
 Without an initialised ``torch.distributed`` process group (or with one rank) every helper is the
 identity, so single-process runs take exactly the same code path.
@@ -84,9 +84,9 @@ def gather_by_id(outputs: PoolOutputs) -> PoolOutputs | None:
 
 
 def merge_top_k(ids_K: Tensor, scores_K: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The best ``k`` of every rank's local top ``k``, on every rank (see :func:`top_k_by_score`).
+    """The best ``k`` of every rank's local top ``k``, on every rank (see `top_k_by_score`).
 
-    The ranks must have scored disjoint ids (:func:`shard`); the result then equals the top ``k``
+    The ranks must have scored disjoint ids (`shard`); the result then equals the top ``k``
     of the whole pool scored on one process.
     """
     _, world = rank_and_world()

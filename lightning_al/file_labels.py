@@ -1,4 +1,4 @@
-"""How :class:`~lightning_al.file_oracle.FileOracle` writes suggestions and reads labels, per task.
+"""How `lightning_al.file_oracle.FileOracle` writes suggestions and reads labels, per task.
 
 - multi-class: a class name or a class id (``dog``, ``1``);
 - multi-label: the names or ids of every positive label separated by ``;`` (``cat;dog``, ``0;2``), or ``none``

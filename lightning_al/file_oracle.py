@@ -6,7 +6,7 @@ model's guess), ``score`` (acquisition score, higher = queried first) and an emp
 fills ``label``; resuming the run reads the file back, checks every row against the query and returns all
 labels, or refuses the whole file with every problem listed. An empty ``label`` means "not labelled yet".
 
-What ``label`` holds depends on the task (:mod:`lightning_al.tasks`; the loop hands over the datamodule's):
+What ``label`` holds depends on the task (`lightning_al.tasks`; the loop hands over the datamodule's):
 
 - multi-class (the default): a class name or a class id, e.g. ``dog`` or ``1``;
 - multi-label: every label that applies, by name or id, separated by ``;`` (``cat;dog``, ``0;2``), or
@@ -256,10 +256,10 @@ def check_query(query: Query, form: LabelForm) -> list[int]:
 
 # ----- the oracle ----------------------------------------------------------------------------
 class FileOracle:
-    """Asks a human for labels through one file per round; implements :class:`~lightning_al.oracles.QueryOracle`.
+    """Asks a human for labels through one file per round; implements `lightning_al.oracles.QueryOracle`.
 
     The first ``answer(query)`` of a round writes the query file (atomically) and raises
-    :class:`~lightning_al.oracles.LabelsPending`, whose message says which file to fill and how; the loop
+    `lightning_al.oracles.LabelsPending`, whose message says which file to fill and how; the loop
     saves its state and stops. After the annotator has filled every ``label``, resuming calls
     ``answer`` with the same query, which returns the labels in query order. A file with any problem
     (unknown or unqueried id, duplicate, missing label, unknown class, bad mask file, malformed row) is
@@ -273,11 +273,11 @@ class FileOracle:
         num_classes: number of classes when no names are given (ids must lie in ``[0, num_classes)``).
         format: ``"csv"``, ``"jsonl"`` or ``"label_studio"`` (not for segmentation).
         dataset: the dataset the ids index into; gives each row a ``reference`` (see
-            :func:`sample_reference`) and lets unknown ids be told apart from unqueried ones.
+            `sample_reference`) and lets unknown ids be told apart from unqueried ones.
         references: one reference per dataset index (e.g. file paths), used instead of the dataset's.
         queries_dir: folder of the query files, relative to ``directory`` and inside it.
         resume_command: the command that resumes the run, quoted in the messages.
-        task: what a label is (:class:`~lightning_al.tasks.MultiClass`, ``MultiLabel`` or ``Segmentation``);
+        task: what a label is (`lightning_al.tasks.MultiClass`, ``MultiLabel`` or ``Segmentation``);
             None takes the datamodule's when the loop runs, and is multi-class when the oracle is used alone.
             Segmentation masks are checked against the images' size when ``dataset`` is known.
     """

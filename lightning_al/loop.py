@@ -87,18 +87,18 @@ class ActiveLearningLoop:
     labelled set, so ``history`` has one row per fit.
 
     Args:
-        strategy: acquisition strategy (see :mod:`lightning_al.strategies`).
+        strategy: acquisition strategy (see `lightning_al.strategies`).
         query_size: samples labelled per round; the last query takes what remains of the pool or budget.
         rounds: number of queries, or None for no limit.
         budget: total number of labels the queries may acquire, or None for no limit.
         estimator: computes the pool outputs; defaults to the strategy's own, else a softmax pass.
-        oracle: labels queried ids; defaults to :class:`DatasetOracle` on the datamodule's training set.
+        oracle: labels queried ids; defaults to `DatasetOracle` on the datamodule's training set.
         trainer_kwargs: arguments of every round's ``Trainer`` (callbacks keep their state across rounds).
         reset_weights: start every round from the initial weights (as in the literature) instead of
             continuing from the previous round's.
         seed: seeds each round's training (``seed + round``) and the strategies' random choices.
         output_dir: the run directory: ``history.json`` after every round and the resumable ``state.pt``
-            after every labelling step (see :meth:`run`).
+            after every labelling step (see `run`).
         progress: print one line per round (round, labelled count, test accuracy) on rank zero.
         pool_subset: score only a random subset of this many unlabelled samples each round (drawn from
             the loop's seeded generator, so a resumed run draws the same), as Gal et al. 2017 do on
@@ -123,7 +123,7 @@ class ActiveLearningLoop:
     A Lightning ``Logger`` (or a list) in ``trainer_kwargs["logger"]`` receives the whole experiment as one
     run: every round's training metrics (steps continue across rounds) and, per round, the ``al/*``
     scalars against ``al/num_labelled``, the queried samples and, at the end, the learning curve
-    (see :class:`~lightning_al.round_logging.RoundLogger`).
+    (see `lightning_al.round_logging.RoundLogger`).
     """
 
     def __init__(
@@ -201,7 +201,7 @@ class ActiveLearningLoop:
         return [*self.trainer_kwargs.get("callbacks", []), *self.strategy.callbacks(), *self.estimator.callbacks()]
 
     def _train_member(self, dm: ActiveDataModule) -> TrainFn:
-        """The :class:`TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
+        """The `TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
 
         def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
             seed_everything(seed, verbose=False)
@@ -368,9 +368,9 @@ class ActiveLearningLoop:
         ``output_dir/state.pt`` after every labelling step; ``resume=True`` continues from there
         (a round cut short before its labels arrived is run again; labels already recorded are never
         asked for twice). Without ``resume``, an ``output_dir`` that already holds a run is refused.
-        If the oracle raises :class:`~lightning_al.oracles.LabelsPending` (a human has to label), the
+        If the oracle raises `lightning_al.oracles.LabelsPending` (a human has to label), the
         state is saved, its message printed, and ``run`` returns; ``pending_query`` is then set.
-        While it runs, the process holds ``output_dir`` (:class:`~lightning_al.run_lock.RunDirectoryLock`):
+        While it runs, the process holds ``output_dir`` (`lightning_al.run_lock.RunDirectoryLock`):
         a second run or resume there is refused, naming this one.
         """
         if not isinstance(datamodule, ActiveDataModule):

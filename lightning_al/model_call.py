@@ -3,12 +3,12 @@
 This is the one contract every caller follows (estimators, MC dropout, embeddings, EGL gradients,
 callbacks, the test pass):
 
-- **Inputs.** :func:`model_inputs` picks them from a batch. With an ``input_key`` the model receives
+- **Inputs.** `model_inputs` picks them from a batch. With an ``input_key`` the model receives
   ``batch[input_key]`` as its one argument. With ``input_key=None`` it receives every field except the
-  target: a dict batch as keywords (:class:`KeywordInputs`, ``model(**fields)``: the Hugging Face
+  target: a dict batch as keywords (`KeywordInputs`, ``model(**fields)``: the Hugging Face
   convention, ``model(input_ids=..., attention_mask=...)``), a tuple batch as positional arguments
-  (:class:`PositionalInputs`, ``model(*fields)``).
-- **Outputs.** :func:`logits_of` accepts a tensor of logits, or an object or dict with a ``logits``
+  (`PositionalInputs`, ``model(*fields)``).
+- **Outputs.** `logits_of` accepts a tensor of logits, or an object or dict with a ``logits``
   tensor (a Hugging Face ``ModelOutput``); anything else is refused with what was received.
 """
 
@@ -56,7 +56,7 @@ def model_inputs(batch: Any, input_key: Key | None, target_key: Key | None) -> A
 
 
 def apply(fn: Callable[..., Any], inputs: Any) -> Any:
-    """``fn(**inputs)``, ``fn(*inputs)`` or ``fn(inputs)``, as :func:`model_inputs` laid the inputs out."""
+    """``fn(**inputs)``, ``fn(*inputs)`` or ``fn(inputs)``, as `model_inputs` laid the inputs out."""
     if isinstance(inputs, KeywordInputs):
         return fn(**inputs)
     if isinstance(inputs, PositionalInputs):

@@ -12,7 +12,7 @@ class MLPClassifier(namespace.default().LightningModule):
     """A two-hidden-layer MLP with dropout: ``(B, in_features)`` → logits ``(B, num_classes)``.
 
     Trained with cross-entropy and Adam; logs ``train_loss`` per epoch. Its dropout layers make
-    it usable with :class:`~lightning_al.estimators.MCDropout`. A LightningModule of the default namespace
+    it usable with `lightning_al.estimators.MCDropout`. A LightningModule of the default namespace
     (``pytorch_lightning`` when installed, else ``lightning.pytorch``).
     """
 
@@ -51,9 +51,9 @@ class MLPClassifier(namespace.default().LightningModule):
 
 
 class MultiLabelMLP(MLPClassifier):
-    """:class:`MLPClassifier` for multi-label targets: logits ``(B, num_labels)`` trained with
+    """`MLPClassifier` for multi-label targets: logits ``(B, num_labels)`` trained with
     ``binary_cross_entropy_with_logits`` on float 0/1 targets ``(B, num_labels)`` (use with
-    :class:`~lightning_al.tasks.MultiLabel`)."""
+    `lightning_al.tasks.MultiLabel`)."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class SmallUNet(namespace.default().LightningModule):
 
     ``H`` and ``W`` must be even. Dropout sits only before the 1×1 head (``head.0``, an ``nn.Dropout2d``), so
     MC dropout runs the encoder and decoder once per batch and only the head ``T`` times. Trained with
-    pixel-wise cross-entropy that skips ``ignore_index``; use with :class:`~lightning_al.tasks.Segmentation`.
+    pixel-wise cross-entropy that skips ``ignore_index``; use with `lightning_al.tasks.Segmentation`.
     """
 
     def __init__(

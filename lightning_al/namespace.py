@@ -3,12 +3,12 @@
 Both packages ship the same classes under two names, and a Trainer of one accepts only modules of
 its own. This module is the only place that imports Lightning by package name:
 
-- :func:`namespace_of` reads the namespace from the user's model (the class it derives from);
-  the loop then builds every Trainer and wrapper module from that :class:`Namespace`.
-- :class:`Callback` and :class:`LightningDataModule` are the bases of the library's own callbacks and
+- `namespace_of` reads the namespace from the user's model (the class it derives from);
+  the loop then builds every Trainer and wrapper module from that `Namespace`.
+- `Callback` and `LightningDataModule` are the bases of the library's own callbacks and
   datamodule: they derive from the class of every installed namespace, so one instance works in a
   Trainer of either.
-- :func:`check_same_namespace` refuses the user's callbacks and loggers of the other namespace.
+- `check_same_namespace` refuses the user's callbacks and loggers of the other namespace.
 
 Packages are detected with ``lightning_utilities.core.imports.module_available``, as Lightning's own
 ecosystem packages do.
@@ -75,7 +75,7 @@ def default() -> Namespace:
 
 
 def classes(path: str) -> tuple[type, ...]:
-    """The class at ``path`` (see :meth:`Namespace.get_class`) of every installed namespace, for ``isinstance``."""
+    """The class at ``path`` (see `Namespace.get_class`) of every installed namespace, for ``isinstance``."""
     return tuple(ns.get_class(path) for ns in installed())
 
 

@@ -38,7 +38,7 @@ class Query:
         predicted: the model's predicted labels in the task's form (``LongTensor[k]`` classes: argmax of its
             softmax; ``(k, L)`` 0/1 for multi-label; ``(k, H, W)`` masks for segmentation), or None when
             no labelled data has trained a model yet, or when nobody reads it (the loop computes it for a
-            :class:`QueryOracle` or an experiment logger).
+            `QueryOracle` or an experiment logger).
     """
 
     round: int
@@ -53,7 +53,7 @@ class PartialLabels:
 
     Attributes:
         ids: ``LongTensor[m]`` the labelled ids, a subset of the query's, in query order.
-        labels: their labels, in the task's form as for :class:`Oracle`.
+        labels: their labels, in the task's form as for `Oracle`.
 
     The loop records these labels; the query's other ids return to the unlabelled pool.
     """
@@ -67,11 +67,11 @@ Answer = Tensor | list[Tensor] | PartialLabels  # what a QueryOracle's ``answer`
 
 @runtime_checkable
 class QueryOracle(Protocol):
-    """An oracle that wants the whole :class:`Query` (e.g. to show a human the model's suggestion).
+    """An oracle that wants the whole `Query` (e.g. to show a human the model's suggestion).
 
     ``answer(query)`` returns one label per id in the order of ``query.ids`` (class indices, or the task's
-    form as for :class:`Oracle`), or :class:`PartialLabels` when only some ids got a label, or
-    raises :class:`LabelsPending` when the answers are not available yet.
+    form as for `Oracle`), or `PartialLabels` when only some ids got a label, or
+    raises `LabelsPending` when the answers are not available yet.
     """
 
     def answer(self, query: Query) -> Answer: ...
@@ -91,7 +91,7 @@ class DatasetOracle:
     Args:
         dataset: the dataset the ids index into (the raw training set).
         target_key: where the target sits in an item (tuple index or dict key).
-        task: the form of the labels (class indices by default; 0/1 vectors, masks: see :mod:`lightning_al.tasks`).
+        task: the form of the labels (class indices by default; 0/1 vectors, masks: see `lightning_al.tasks`).
     """
 
     def __init__(self, dataset: Dataset, target_key: int | str = 1, task: Task | None = None) -> None:

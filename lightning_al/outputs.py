@@ -31,7 +31,7 @@ class PoolOutputs:
             ``values["probs"]`` of shape ``(N, C)``.
         labelled: the same kind of outputs for the labelled samples, present when the
             strategy declares ``requires_labelled`` (core-set and CAL compare the pool with them).
-        task: the task the outputs belong to; :meth:`score` and :meth:`mc_score` apply a kernel per unit
+        task: the task the outputs belong to; `score` and `mc_score` apply a kernel per unit
             and reduce to one score per sample through it.
     """
 

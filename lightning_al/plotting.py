@@ -1,13 +1,13 @@
 """Learning curves of active-learning runs: a metric against the number of labels, mean ± std over seeds.
 
-A *history* is the list of plain dicts :meth:`ActiveLearningLoop.run` returns (one row per fit,
+A *history* is the list of plain dicts `ActiveLearningLoop.run` returns (one row per fit,
 with ``num_labelled`` and metrics such as ``test_accuracy``); a *run* is one seed's history.
 ``histories`` maps a strategy name to its runs: ``{"Random": [history_seed0, history_seed1], ...}``.
 
 Runs are aligned on their ``num_labelled`` values, never on row positions: a strategy's curve has a
 point at every label count that at least one of its runs recorded the metric at, and the statistics
 of that point use exactly those runs. A run that stopped early (budget, empty pool) or used other
-query sizes therefore contributes fewer points; :attr:`LearningCurve.num_runs` says how many runs
+query sizes therefore contributes fewer points; `LearningCurve.num_runs` says how many runs
 each point rests on. Rows without the metric (the unfitted row of a run that starts with no labels)
 are skipped.
 """
@@ -143,7 +143,7 @@ def plot_learning_curves(
 ) -> Figure:
     """Plot ``metric`` against labelled samples, one line (mean) and band (± std) per strategy.
 
-    Points come from :func:`learning_curve` (runs aligned on ``num_labelled``, see the module
+    Points come from `learning_curve` (runs aligned on ``num_labelled``, see the module
     docstring). Needs matplotlib (``pip install lightning-al[examples]``), imported on call.
 
     Args:

@@ -2,15 +2,15 @@
 
 One experiment is one logger run (one W&B run, one TensorBoard/CSV version), not one per round:
 
-- every round's fit Trainer gets :meth:`RoundLogger.fit_loggers`, thin views of the user's loggers that shift
+- every round's fit Trainer gets `RoundLogger.fit_loggers`, thin views of the user's loggers that shift
   ``step`` past the previous rounds' steps, so per-epoch training metrics of different rounds never collide;
-- after each round, :meth:`RoundLogger.log_round` sends the history row's scalars as ``al/<key>`` against
+- after each round, `RoundLogger.log_round` sends the history row's scalars as ``al/<key>`` against
   ``al/num_labelled`` (the x-axis of a learning curve), plus, on W&B, a histogram of the query's scores and a
   table of the queried samples (id, score, predicted label, oracle label, thumbnail for image inputs);
-- :meth:`RoundLogger.finish` adds, on W&B, the learning curve (table and line plot) and the labelled-id history
+- `RoundLogger.finish` adds, on W&B, the learning curve (table and line plot) and the labelled-id history
   as an artifact.
 
-W&B is optional: ``wandb`` is imported only when a :class:`~pytorch_lightning.loggers.WandbLogger` is used.
+W&B is optional: ``wandb`` is imported only when a `pytorch_lightning.loggers.WandbLogger` is used.
 """
 
 from __future__ import annotations
@@ -68,17 +68,17 @@ class RoundFitLogger:
     ``log_metrics(metrics, step)`` goes out at ``step + step_offset``, where ``step_offset`` is one past the largest
     step any earlier round logged, so steps keep increasing across rounds. Hyperparameters and the model graph are
     passed through once per experiment. When the Trainer ends, the user's run is saved but not closed (a
-    :class:`WandbLogger` is finalized, which only uploads checkpoints when ``log_model`` asks for it). Everything
+    `WandbLogger` is finalized, which only uploads checkpoints when ``log_model`` asks for it). Everything
     else (``name``, ``version``, ``save_dir``, ``log_dir``, ``experiment``, logger-specific methods) is the user's
     logger's.
 
     Args:
         logger: the user's logger.
-        index: the logger's position in :attr:`RoundLogger.loggers` (keys the once-per-experiment bookkeeping).
+        index: the logger's position in `RoundLogger.loggers` (keys the once-per-experiment bookkeeping).
         step_offset: added to every step of this round.
         state: bookkeeping shared by the fit loggers of all rounds.
 
-    :meth:`RoundLogger.fit_loggers` builds it on the ``Logger`` class of the user's logger's namespace.
+    `RoundLogger.fit_loggers` builds it on the ``Logger`` class of the user's logger's namespace.
     """
 
     def __init__(self, logger: Any, index: int, step_offset: int, state: _FitState) -> None:
@@ -181,7 +181,7 @@ def image_thumbnails(inputs: Any, limit: int) -> list[Any] | None:
 
     Images are ``(k, H, W)`` or ``(k, C, H, W)`` tensors with ``C`` in {1, 3}. ``uint8`` pixels are kept; floats
     within [0, 1] are scaled by 255; other values are stretched per image from their min to their max. Images whose
-    longest side exceeds :data:`THUMBNAIL_SIDE` are shrunk by area averaging. Returns ``(H, W)`` arrays for one
+    longest side exceeds `THUMBNAIL_SIDE` are shrunk by area averaging. Returns ``(H, W)`` arrays for one
     channel and ``(H, W, 3)`` arrays for three.
     """
     if not isinstance(inputs, Tensor) or limit <= 0:
@@ -265,10 +265,10 @@ class RoundLogger:
     """Logs an active-learning experiment to the user's loggers: one run, one point per round.
 
     Per round, the history row's scalars go out as ``al/<key>`` against ``al/num_labelled``. On a
-    :class:`~pytorch_lightning.loggers.WandbLogger`, every ``al/*`` key is defined with ``al/num_labelled`` as its
+    `pytorch_lightning.loggers.WandbLogger`, every ``al/*`` key is defined with ``al/num_labelled`` as its
     step metric, and each round also logs ``al/query_scores`` (histogram) and ``al/queried_samples`` (a table: id,
-    score, predicted, label, image); :meth:`finish` logs ``al/learning_curve`` (table), ``al/learning_curve_plot``
-    (line plot) and a ``labelled-ids`` artifact. A :class:`~pytorch_lightning.loggers.TensorBoardLogger` gets the
+    score, predicted, label, image); `finish` logs ``al/learning_curve`` (table), ``al/learning_curve_plot``
+    (line plot) and a ``labelled-ids`` artifact. A `pytorch_lightning.loggers.TensorBoardLogger` gets the
     scalars and a histogram of the scores; any other logger the scalars, through
     ``log_metrics(step=num_labelled)``. Everything here is logged from rank zero only.
 
@@ -375,7 +375,7 @@ class RoundLogger:
         """``run.log(payload)``, with its new keys (or the history keys ``keys``) defined against ``al/num_labelled``.
 
         Defining each key by name, not only through the ``al/*`` glob, keeps the x-axis when another glob (such as
-        the ``*`` that :class:`WandbLogger` defines for ``trainer/global_step``) also matches.
+        the ``*`` that `WandbLogger` defines for ``trainer/global_step``) also matches.
         """
         self._define_wandb_axis(index, run)
         for key in payload if keys is None else keys:

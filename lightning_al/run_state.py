@@ -34,7 +34,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a state written by :func:`save_atomic` with ``weights_only=True`` (tensors, numbers, strings and
+    """Read a state written by `save_atomic` with ``weights_only=True`` (tensors, numbers, strings and
     containers only: nothing else is unpickled), refusing files that are not a lightning_al run state."""
     path = Path(path)
     try:

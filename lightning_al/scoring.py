@@ -2,16 +2,16 @@
 
 Two ways to collect the results:
 
-- :func:`predict_outputs` keeps every requested output of every sample (``(N, C)`` probabilities,
+- `predict_outputs` keeps every requested output of every sample (``(N, C)`` probabilities,
   ``(N, T, C)`` MC samples, ``(N, D)`` embeddings) on the host, for strategies that look at the
   whole pool at once (BADGE, core-set, BatchBALD, ...). Each batch is copied into host tensors
-  allocated once for the whole loader (:class:`_HostOutputs`), so the pool's outputs exist once on
+  allocated once for the whole loader (`_HostOutputs`), so the pool's outputs exist once on
   the host, never as a list of batches plus their concatenation; embeddings can be cast to half
   precision on the scoring device before they leave it.
-- :func:`stream_top_k` turns each batch's outputs into one score per sample as soon as the batch is
+- `stream_top_k` turns each batch's outputs into one score per sample as soon as the batch is
   predicted and keeps only a running top ``k``: host memory is ``O(k)`` and the ``(N, T, C)``
   tensor never exists. It serves strategies whose score of a sample depends on that sample alone
-  (:attr:`~lightning_al.strategies.base.ScoreStrategy.streamable`).
+  (`lightning_al.strategies.base.ScoreStrategy.streamable`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ BatchScorer = Callable[[PoolOutputs], Tensor]
 def top_k_by_score(ids_N: Tensor, scores_N: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` highest scores and their ids, highest first; equal scores go to the lower id.
 
-    This is :func:`~lightning_al.functional.topk_select` on scores laid out in ascending id order,
+    This is `lightning_al.functional.topk_select` on scores laid out in ascending id order,
     for scores in any order (batches of a stream, shards of several ranks).
 
     Args:
@@ -58,7 +58,7 @@ def top_k_by_score(ids_N: Tensor, scores_N: Tensor, k: int) -> tuple[Tensor, Ten
 
 
 class RunningTopK:
-    """The ``k`` best ``(score, id)`` pairs of a stream of batches, ranked as :func:`top_k_by_score`.
+    """The ``k`` best ``(score, id)`` pairs of a stream of batches, ranked as `top_k_by_score`.
 
     Memory is ``O(k + B)`` whatever the number of batches; ``count`` is the number of samples seen.
     """
@@ -181,9 +181,9 @@ class _Scorer:
     """Wraps the user's model so that ``predict_step`` hands the estimator's outputs of each batch to ``sink``.
 
     ``predict_step`` returns nothing (Lightning keeps no list of batches); the sink keeps what it needs: a
-    host copy (:func:`predict_outputs`), a running top ``k`` (:func:`stream_top_k`) or metric states
-    (:func:`stream_metrics`). With ``host``, its tensors are sized for the loader when prediction starts.
-    Combined with the Trainer's own ``LightningModule`` class by :func:`_scorer`.
+    host copy (`predict_outputs`), a running top ``k`` (`stream_top_k`) or metric states
+    (`stream_metrics`). With ``host``, its tensors are sized for the loader when prediction starts.
+    Combined with the Trainer's own ``LightningModule`` class by `_scorer`.
     """
 
     def __init__(
@@ -225,7 +225,7 @@ class _Scorer:
 
 
 def _scorer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-    """A :class:`_Scorer` that is a LightningModule of ``trainer``'s namespace."""
+    """A `_Scorer` that is a LightningModule of ``trainer``'s namespace."""
     ns = namespace.namespace_of(trainer, "trainer", "Trainer")
     return namespace.subclass(_Scorer, ns)(*args, **kwargs)
 
@@ -295,9 +295,9 @@ def stream_top_k(
     scorer: BatchScorer,
     k: int,
 ) -> RunningTopK:
-    """Score every sample of ``loader`` batch by batch and keep the ``k`` best (see :class:`RunningTopK`).
+    """Score every sample of ``loader`` batch by batch and keep the ``k`` best (see `RunningTopK`).
 
-    ``scorer`` receives each batch's outputs ``needs`` as :class:`PoolOutputs` (on the scoring
+    ``scorer`` receives each batch's outputs ``needs`` as `PoolOutputs` (on the scoring
     device) and returns its ``(B,)`` scores; higher = query first. Outputs or scores that are not
     finite are refused with the offending dataset ids.
     """
@@ -321,7 +321,7 @@ def stream_metrics(
     inputs: Callable[[Any], Any],
     targets: Callable[[Any], Tensor],
 ) -> dict[str, float]:
-    """The task's test metrics (:meth:`~lightning_al.tasks.Task.metrics`) over ``loader``, updated batch by batch.
+    """The task's test metrics (`lightning_al.tasks.Task.metrics`) over ``loader``, updated batch by batch.
 
     Only the metrics' states are kept (a confusion matrix for mean IoU), never the probabilities of the
     whole set. Nothing is reduced across processes: each rank measures the loader it is given.

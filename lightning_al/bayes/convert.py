@@ -13,7 +13,7 @@ _CONVERTIBLE = (nn.Linear, nn.Conv2d)
 
 
 def bayesian_layers(model: nn.Module) -> list[_BayesLayer]:
-    """The :class:`BayesLinear` / :class:`BayesConv2d` modules of ``model`` (each once, in ``modules()`` order)."""
+    """The `BayesLinear` / `BayesConv2d` modules of ``model`` (each once, in ``modules()`` order)."""
     return [m for m in model.modules() if isinstance(m, _BayesLayer)]
 
 
@@ -83,7 +83,7 @@ def convert_to_bayesian(
 
     Args:
         model: the network; if it is itself a bare ``nn.Linear``/``nn.Conv2d``, the new layer is returned.
-        prior_sigma, prior, prior_pi, prior_sigma2, rho_init, sample: see :class:`BayesLinear`.
+        prior_sigma, prior, prior_pi, prior_sigma2, rho_init, sample: see `BayesLinear`.
 
     Returns:
         ``model`` (converted in place).

@@ -162,7 +162,7 @@ class _BayesLayer(nn.Module):
         """``KL(q || p)`` of this layer's weights and biases, a scalar tensor differentiable in ``mu`` and ``rho``.
 
         Exact for the Gaussian prior; for the scale mixture, the one-sample Monte Carlo estimate
-        :meth:`mc_kl_divergence` at the weights drawn in the last forward pass.
+        `mc_kl_divergence` at the weights drawn in the last forward pass.
         """
         if self.prior == "mixture":
             return self.mc_kl_divergence()
@@ -183,7 +183,7 @@ class _BayesLayer(nn.Module):
 
         ``w = mu + softplus(rho) * eps`` is rebuilt from the stored noise, so the estimate is
         differentiable in ``mu`` and ``rho`` both through ``w`` and through ``q`` (Blundell et al. 2015, eq. 2).
-        Unbiased for any prior; for the Gaussian prior its mean is :func:`gaussian_kl`.
+        Unbiased for any prior; for the Gaussian prior its mean is `gaussian_kl`.
         """
         dtype = torch.promote_types(self.weight_mu.dtype, torch.float32)
         total = torch.zeros((), dtype=torch.float64, device=self.weight_mu.device)
@@ -213,7 +213,7 @@ class BayesLinear(_BayesLayer):
     whole batch (as in the paper).
 
     Args:
-        in_features, out_features, bias: as :class:`torch.nn.Linear`.
+        in_features, out_features, bias: as `torch.nn.Linear`.
         prior: ``"gaussian"`` (closed-form KL) or ``"mixture"`` (Monte Carlo KL).
         prior_sigma: standard deviation of the Gaussian prior, or of the mixture's wide component.
         prior_pi: weight of the wide component in the mixture.
@@ -268,8 +268,8 @@ class BayesConv2d(_BayesLayer):
     """2-D convolution with a Gaussian posterior per kernel weight and bias, drawn on each forward.
 
     Input ``(B, in_channels, H, W)``, output ``(B, out_channels, H', W')`` exactly as
-    :class:`torch.nn.Conv2d` with the same hyper-parameters. Prior and posterior arguments as
-    :class:`BayesLinear`.
+    `torch.nn.Conv2d` with the same hyper-parameters. Prior and posterior arguments as
+    `BayesLinear`.
 
     Reference: Blundell et al. 2015, "Weight Uncertainty in Neural Networks".
     """

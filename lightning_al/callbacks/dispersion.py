@@ -25,7 +25,7 @@ class LabelDispersionCallback(Callback):
     Label dispersion of a sample is ``1 - (count of its modal predicted label) / T`` over the
     ``T`` predictions made during one fit (Bengar et al. 2021, "When Deep Learners Change Their
     Mind: Learning Dynamics for Active Learning"); see
-    :func:`lightning_al.functional.dynamics.label_dispersion`. The counts live in a
+    `lightning_al.functional.dynamics.label_dispersion`. The counts live in a
     ``(pool size, C)`` long tensor on the module's device, allocated when ``C`` is first seen
     in the logits and cleared at the start of every fit (the statistic is per round).
 
@@ -33,7 +33,7 @@ class LabelDispersionCallback(Callback):
     the model in eval mode under ``no_grad``; its training mode is restored afterwards.
 
     Under DDP (an initialised ``torch.distributed`` group of ``W > 1`` ranks) each rank predicts
-    only its share of the unlabelled ids, every ``W``-th one (:func:`lightning_al.distributed.shard`:
+    only its share of the unlabelled ids, every ``W``-th one (`lightning_al.distributed.shard`:
     disjoint, no padding, so no id is counted twice), and the ranks sum that pass's ``(pool size, C)``
     counts with an all-reduce: every rank then holds the counts one process would make, and
     ``num_predictions`` counts passes, not ranks.

@@ -31,7 +31,7 @@ class ForgettingCallback(Callback):
     At every presentation of a sample, its correctness (``argmax`` of the logits equals the
     target) is compared with its correctness at its previous presentation; a correct →
     incorrect transition is a forgetting event (see
-    :func:`lightning_al.functional.dynamics.forgetting_counts`).
+    `lightning_al.functional.dynamics.forgetting_counts`).
 
     **Which prediction is recorded.** As in the paper, the prediction made *at presentation*:
     a forward hook on the LightningModule captures the logits of the training step's own
@@ -52,7 +52,7 @@ class ForgettingCallback(Callback):
         ever_correct  = transitions[:, 1] + transitions[:, 3] > 0
 
     **Cost.** A training batch only keeps references to its ids, targets and (detached) logits;
-    they are counted together by :func:`record_presentations` (one sort, no loop over batches,
+    they are counted together by `record_presentations` (one sort, no loop over batches,
     no host synchronisation) at the end of every epoch, every 256 batches, or once the kept
     logits hold 2**22 numbers, and whenever the statistics are read. A dataset id repeated
     within one batch counts as presented once per occurrence, with the occurrences compared
@@ -60,7 +60,7 @@ class ForgettingCallback(Callback):
 
     Under DDP every rank counts its own batches; at the end of each training epoch the ranks
     exchange this epoch's increments (summed) and last correctness (see
-    :func:`merge_rank_transitions`), so all ranks agree.
+    `merge_rank_transitions`), so all ranks agree.
 
     Args:
         reset_each_fit: clear the statistics at the start of every fit (e.g. every active
@@ -184,7 +184,7 @@ class ForgettingCallback(Callback):
 
     def update(self, ids_B: Tensor, correct_B: Tensor) -> None:
         """Record one presentation of the samples ``ids_B`` (``LongTensor[B]``) with correctness
-        ``correct_B`` (``BoolTensor[B]``), after the batches kept so far; see :func:`record_presentations`."""
+        ``correct_B`` (``BoolTensor[B]``), after the batches kept so far; see `record_presentations`."""
         if self._transitions is None:
             raise RuntimeError("Expected ForgettingCallback to be allocated (`reset` or a fit) before `update`.")
         self._count_pending()
@@ -296,7 +296,7 @@ class ForgettingCallback(Callback):
         return {"transitions": transitions.cpu(), "last_correct": self._last_correct.cpu()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; also accepts the four statistics ``forgetting``, ``presentations``,
+        """Restore `state_dict`; also accepts the four statistics ``forgetting``, ``presentations``,
         ``last_correct`` and ``ever_correct``, the state of earlier versions."""
         if "transitions" not in state_dict and all(name in state_dict for name in _STATISTIC_NAMES):
             state_dict = _transitions_from_statistics(**{name: state_dict[name] for name in _STATISTIC_NAMES})
@@ -397,7 +397,7 @@ def merge_rank_transitions(
 ) -> tuple[Tensor, Tensor]:
     """Combine one epoch of per-rank transition counts (rank axis first) into the state every rank keeps.
 
-    The ranks' increments are summed; ``last_correct`` follows :func:`merge_rank_statistics`.
+    The ranks' increments are summed; ``last_correct`` follows `merge_rank_statistics`.
     Returns ``(transitions_N_4, last_correct_N)``.
     """
     presented_W_N = transitions_delta_W_N_4.sum(dim=-1) > 0

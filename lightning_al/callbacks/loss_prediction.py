@@ -2,7 +2,7 @@
 
 The head reads intermediate features of the unmodified model (through forward hooks) and
 learns to rank the model's per-sample losses; the pool samples with the highest predicted
-loss are queried (:class:`~lightning_al.strategies.loss_prediction.LossPrediction`).
+loss are queried (`lightning_al.strategies.loss_prediction.LossPrediction`).
 
 How the head joins training. The paper trains backbone and head jointly on
 ``target loss + weight * ranking loss``, so the ranking loss must be part of the backward
@@ -116,10 +116,10 @@ def tap_features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, 
 
 
 class LossPredictionCallback(RestoresTrainingStep):
-    """Train a :class:`LossPredictionHead` on the ranking of the model's per-sample losses.
+    """Train a `LossPredictionHead` on the ranking of the model's per-sample losses.
 
     Per training batch: the model's loss becomes ``loss + weight * L_rank`` where ``L_rank`` is
-    :func:`~lightning_al.functional.ranking.loss_prediction_ranking_loss` between the head's
+    `lightning_al.functional.ranking.loss_prediction_ranking_loss` between the head's
     predictions and the per-sample cross-entropy of the model's logits (the output of
     ``logits_layer``, by default the module itself) against ``trainer.datamodule.targets(batch)``
     (the second element of a tuple batch without a datamodule). The head is built on the first
@@ -136,7 +136,7 @@ class LossPredictionCallback(RestoresTrainingStep):
         lr: learning rate of the head's parameters.
         own_optimizer: give the head its own Adam optimiser instead of a group in the model's optimiser.
         reset_each_fit: re-initialise the head (from ``seed``) at every fit, as the paper retrains
-            model and head each cycle; a state loaded with :meth:`load_state_dict` survives the next fit start.
+            model and head each cycle; a state loaded with `load_state_dict` survives the next fit start.
         logits_layer: name of the module whose output are the logits ``(B, C)``; ``""`` is the model.
         seed: seeds the head's initialisation.
     """

@@ -3,7 +3,7 @@ r"""Minimax active learning: minimax entropy on unlabelled data and a labelled/u
 Ebrahimi, Gan, Chen, Biamby, Salahi, Laielli, Zhu & Darrell 2021, "Minimax Active Learning"
 (arXiv:2012.10467), built on the minimax entropy of Saito et al. 2019 ("Semi-supervised Domain
 Adaptation via Minimax Entropy"). The task model is a feature encoder :math:`F` followed by a
-cosine classifier :math:`C` (:class:`CosineClassifier`). Besides the cross-entropy on labelled
+cosine classifier :math:`C` (`CosineClassifier`). Besides the cross-entropy on labelled
 data, on unlabelled data :math:`u` the classifier *maximises* and the encoder *minimises*
 
 .. math::
@@ -14,22 +14,22 @@ around the prototypes, shrinking the gap between labelled and unlabelled data. A
 :math:`D` learns to tell the (:math:`\ell_2`-normalised) encoder features of labelled samples
 from those of unlabelled ones, as in VAAL.
 
-What the model must provide. :class:`MALCallback` trains the user's own LightningModule (with
+What the model must provide. `MALCallback` trains the user's own LightningModule (with
 automatic optimisation) and needs only:
 
 - ``encoder_layer``: the name (``model.named_modules()``) of the module whose output is the
   feature :math:`F(x)`, shape ``(B, D)`` (or ``(B, D, ...)``, flattened);
 - a ``forward`` that returns the logits ``(B, K)`` computed from that feature; every layer
   between the encoder's output and the logits plays the classifier :math:`C`. The paper's
-  :math:`C` is a :class:`CosineClassifier` (a warning says when the model has none: entropy
+  :math:`C` is a `CosineClassifier` (a warning says when the model has none: entropy
   maximisation on an unnormalised linear head can win by shrinking its weights);
 - a ``training_step`` that runs ``forward`` on the labelled batch (its features are captured
   there for the discriminator).
 
 How it joins training. At ``on_fit_start`` the module's ``training_step`` is wrapped *on the
-instance* (see :class:`~lightning_al.callbacks.step_patch.TrainingStepPatch`): after the user's
+instance* (see `lightning_al.callbacks.step_patch.TrainingStepPatch`): after the user's
 step, a batch drawn from the unlabelled pool runs through ``forward`` with the gradient reversed
-at the encoder's output (:func:`minimax_entropy`), and the step returns
+at the encoder's output (`minimax_entropy`), and the step returns
 ``loss - entropy_weight * H``. One backward pass then moves :math:`C` up the entropy and,
 through the reversal, :math:`F` down it. The discriminator is trained after each batch with its
 own Adam optimiser on detached features, so it never touches the model's optimiser, and the
@@ -64,7 +64,7 @@ class CosineClassifier(nn.Module):
     r"""MAL's classifier :math:`C`: logits :math:`\frac{1}{T} \frac{w_k^\top f}{\|w_k\| \|f\|}`, no bias.
 
     Inputs ``(B, D)`` (or ``(B, D, ...)``, flattened) → logits ``(B, K)`` in ``[-1/T, 1/T]``;
-    see :func:`~lightning_al.functional.mal.cosine_logits`.
+    see `lightning_al.functional.mal.cosine_logits`.
 
     Args:
         in_features: feature size ``D``.
@@ -113,7 +113,7 @@ def entropy_of_logits(logits_B_K: Tensor) -> Tensor:
 def minimax_entropy(model: nn.Module, encoder: nn.Module, inputs: Any) -> tuple[Tensor, Tensor]:
     r"""MAL's unlabelled objective: the mean entropy of ``model(inputs)``, gradient reversed at ``encoder``.
 
-    Returns ``(H, features)``: ``H`` the mean over the batch of :func:`entropy_of_logits`, a
+    Returns ``(H, features)``: ``H`` the mean over the batch of `entropy_of_logits`, a
     scalar; ``features`` the encoder's output, detached and flattened, ``(B, D)``. Minimising
     ``-weight * H`` makes the layers after ``encoder`` (the classifier) ascend :math:`H` and,
     because the gradient changes sign at the encoder's output, the encoder descend it: the
@@ -154,9 +154,9 @@ class MALCallback(RestoresTrainingStep):
 
     Per training batch (Ebrahimi et al. 2021, §3): the model's loss (its labelled cross-entropy)
     becomes ``loss - entropy_weight * H`` with ``H`` the mean entropy on an unlabelled batch of the
-    same size (:func:`minimax_entropy`), drawn from ``trainer.datamodule.pool_dataloader()``'s
-    dataset with the callback's own generator; then the :class:`~lightning_al.callbacks.vaal.Discriminator`
-    takes one Adam step on the :func:`discriminator_loss` of the labelled and unlabelled features.
+    same size (`minimax_entropy`), drawn from ``trainer.datamodule.pool_dataloader()``'s
+    dataset with the callback's own generator; then the `lightning_al.callbacks.vaal.Discriminator`
+    takes one Adam step on the `discriminator_loss` of the labelled and unlabelled features.
     See the module docstring for what the model must provide.
 
     The discriminator is built at the first batch of a fit (its input size is the feature size),

@@ -31,7 +31,7 @@ class SnapshotCallback(Callback):
     """Drive a cyclic cosine learning rate and keep a CPU copy of the weights at the end of each cycle.
 
     The base learning rate of every optimiser parameter group is multiplied by
-    :func:`cyclic_cosine_factor` before each step, so no other learning-rate scheduler
+    `cyclic_cosine_factor` before each step, so no other learning-rate scheduler
     should run alongside. After the fit, ``snapshots`` holds ``cycles`` state dicts
     (fewer if the fit stopped early), the last one taken at the final step.
 

@@ -122,7 +122,7 @@ def vae_loss(
     r"""The VAE's objective of VAAL (Sinha et al. 2019, eqs. 1–3) and its reconstruction part.
 
     For each of the labelled and unlabelled batches: squared error summed over features and
-    averaged over samples, plus :math:`\beta` times the mean :func:`gaussian_kl`; plus
+    averaged over samples, plus :math:`\beta` times the mean `gaussian_kl`; plus
     ``adversary_weight`` times the BCE that makes the discriminator call both batches'
     :math:`\mu` "labelled" (target 1). Returns ``(total, reconstruction)``.
     """
@@ -158,7 +158,7 @@ class VAALCallback(Callback):
     reshuffled each pass with the callback's own generator, as many samples as the labelled batch)
     drive ``vae_steps`` VAE updates (a fresh unlabelled batch each) and ``discriminator_steps``
     discriminator updates with the callback's own Adam optimisers. The task model, its
-    optimiser and the global RNG are left alone. Inputs are flattened (see :class:`VAE`).
+    optimiser and the global RNG are left alone. Inputs are flattened (see `VAE`).
 
     Modules are built at the first batch of a fit from its input shape, on the model's device,
     with weights drawn from ``seed``; with ``reset_each_fit`` (default, as the paper retrains

@@ -1,6 +1,6 @@
 """Batches that carry the dataset ids of their samples.
 
-Every dataloader of :class:`~lightning_al.data.ActiveDataModule` yields the user's usual
+Every dataloader of `lightning_al.data.ActiveDataModule` yields the user's usual
 batch (a tuple or a dict, so ``x, y = batch`` still works) with one extra attribute,
 ``batch.ids``: a ``LongTensor[B]`` of dataset indices. Callbacks use it to attribute
 per-sample statistics; the ids follow the batch to the device.
@@ -63,8 +63,8 @@ def batch_ids(batch: Any) -> Tensor:
 class IdDataset(Dataset):
     """A view of ``dataset`` restricted to ``ids`` whose items are ``(item, dataset_id)``.
 
-    The dataloader fetches a batch of positions at once through :meth:`__getitems__`: from a plain
-    :class:`~torch.utils.data.TensorDataset` it indexes every tensor with the batch's ids in one
+    The dataloader fetches a batch of positions at once through `__getitems__`: from a plain
+    `torch.utils.data.TensorDataset` it indexes every tensor with the batch's ids in one
     gather (the collated batch, without building ``B`` items); from a dataset with its own
     ``__getitems__`` it asks for all ids in one call.
     """
@@ -94,7 +94,7 @@ class IdDataset(Dataset):
 
 class CollatedItems(Sequence):
     """A batch fetched already collated (``columns``: one tensor ``(B, ...)`` per field) that reads as ``(item, id)``
-    pairs, so code expecting a list of items still works; :func:`collate_with_ids` uses the columns as they are."""
+    pairs, so code expecting a list of items still works; `collate_with_ids` uses the columns as they are."""
 
     def __init__(self, columns: tuple[Tensor, ...], ids: Tensor) -> None:
         self.columns, self.ids = columns, ids

@@ -61,7 +61,7 @@ class ActiveDataModule(namespace.LightningDataModule):
     both ``lightning.pytorch`` and ``pytorch_lightning`` (whichever are installed).
 
     Model inputs (the one contract every call of the model follows; see
-    :func:`~lightning_al.model_call.call_model`): with ``input_key`` set, the model is called as
+    `lightning_al.model_call.call_model`): with ``input_key`` set, the model is called as
     ``model(batch[input_key])``; with ``input_key=None``, as ``model(**fields)`` on dict batches (every
     field but ``target_key``, e.g. ``input_ids`` and ``attention_mask`` of a Hugging Face tokenizer) and
     ``model(*fields)`` on tuple batches. The model may return logits, or an object or dict with ``logits``.
@@ -76,7 +76,7 @@ class ActiveDataModule(namespace.LightningDataModule):
         initial_per_class: alternatively, label this many samples of every class (class-balanced).
         num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
         task: what a label is and how the model's outputs are read: ``MultiClass`` (default, with
-            ``num_classes``), ``MultiLabel`` or ``Segmentation`` (see :mod:`lightning_al.tasks`). The loop takes
+            ``num_classes``), ``MultiLabel`` or ``Segmentation`` (see `lightning_al.tasks`). The loop takes
             it from here for the estimator, the strategies and the test metrics. Training items carry the
             pool's label as the task gives it: a class index, a float32 0/1 vector, or an ``(H, W)`` long mask.
         batch_size: training batch size.
@@ -307,7 +307,7 @@ class ActiveDataModule(namespace.LightningDataModule):
 
     @property
     def pseudo_labels(self) -> Tensor:
-        """The labels of :attr:`pseudo_labelled_ids`, in the same order."""
+        """The labels of `pseudo_labelled_ids`, in the same order."""
         return self._pseudo_labels
 
     def train_dataloader(self, ids: Tensor | None = None) -> DataLoader:

@@ -25,7 +25,7 @@ class ActivePool:
     Args:
         size: number of samples in the dataset.
         num_classes: if given, labels must lie in ``[0, num_classes)`` (single-label classification).
-        task: the task (:mod:`lightning_al.tasks`); default ``MultiClass(num_classes)``.
+        task: the task (`lightning_al.tasks`); default ``MultiClass(num_classes)``.
     """
 
     def __init__(self, size: int, num_classes: int | None = None, task: Task | None = None) -> None:
@@ -97,7 +97,7 @@ class ActivePool:
         self.record(ids, self.check_labels(labels, ids), round)
 
     def record(self, ids: Tensor, labels: Tensor | list[Tensor], round: int) -> None:
-        """Store labels that :meth:`check_unlabelled` and :meth:`check_labels` already passed, at ``round``."""
+        """Store labels that `check_unlabelled` and `check_labels` already passed, at ``round``."""
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels

@@ -32,10 +32,10 @@ class Estimator:
     """Computes named outputs for a batch of pool inputs.
 
     Subclasses set ``provides`` (the output names they can compute) and implement
-    :meth:`predict`, which must compute only the outputs in ``needs``. Three optional
+    `predict`, which must compute only the outputs in ``needs``. Three optional
     hooks let an estimator take part in training without the loop knowing its type:
-    :meth:`callbacks` join the main model's fit, :meth:`fit` runs after it (ensembles
-    train their other members there), and :meth:`modules` lists extra modules that must
+    `callbacks` join the main model's fit, `fit` runs after it (ensembles
+    train their other members there), and `modules` lists extra modules that must
     move to the scoring device with the model. Estimators with state implement
     ``state_dict``/``load_state_dict``.
     """
@@ -45,7 +45,7 @@ class Estimator:
     needs_ids: bool = False
     # The tasks (names) whose outputs this estimator computes; the loop refuses others before a run.
     tasks: frozenset[str] = frozenset({"multiclass"})
-    # How logits become probabilities (and embeddings are pooled): the datamodule's task, set by :meth:`bind`.
+    # How logits become probabilities (and embeddings are pooled): the datamodule's task, set by `bind`.
     task: Task = MultiClass()
 
     def bind(self, task: Task) -> None:
@@ -66,7 +66,7 @@ class Estimator:
         del model, train
 
     def modules(self) -> list[nn.Module]:
-        """Modules besides the model that :meth:`predict` runs (moved to the scoring device with it)."""
+        """Modules besides the model that `predict` runs (moved to the scoring device with it)."""
         return []
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
@@ -82,7 +82,7 @@ class Estimator:
 class Softmax(Estimator):
     """One deterministic forward pass in eval mode: ``probs = task.probs(model(x))``.
 
-    For the default task, ``softmax`` of ``(B, C)`` logits (see :mod:`lightning_al.tasks` for the sigmoids of
+    For the default task, ``softmax`` of ``(B, C)`` logits (see `lightning_al.tasks` for the sigmoids of
     multi-label and the per-pixel softmax of segmentation). When ``embeddings`` are needed they are captured
     in the same pass: the model's ``embed(x)`` if it has one, else the output of ``embedding_layer`` (a module
     name), else the input of its head (the last ``nn.Linear``; for segmentation the last ``nn.Conv2d``),

@@ -42,7 +42,7 @@ class Committee(Estimator):
 
     ``mc_probs`` has shape ``(B, M · S, C)``: ``S = mc_samples_per_member`` stochastic
     passes of each of the ``M`` members, member-major; ``embeddings`` are the first member's
-    (see :class:`Softmax` for ``embedding_layer``). With ``S = 1`` each member is run
+    (see `Softmax` for ``embedding_layer``). With ``S = 1`` each member is run
     once, deterministically; with ``S > 1`` dropout stays on (a stochastic ensemble,
     Pop & Fulop 2018, "Deep Ensemble Bayesian Active Learning").
     """
@@ -101,7 +101,7 @@ class DeepEnsemble(Committee):
         mc_samples_per_member: MC-dropout passes per member (``> 1``: stochastic ensemble).
         seed: members are initialised from ``seed + m`` and trained with that seed.
         bootstrap: train members ``1..M-1`` on bootstrap resamples of the labelled set.
-        embedding_layer: see :class:`Softmax`.
+        embedding_layer: see `Softmax`.
     """
 
     def __init__(
@@ -135,7 +135,7 @@ class DeepEnsemble(Committee):
 class SnapshotEnsemble(Committee):
     """The weights at the end of each learning-rate cycle of one fit form the committee.
 
-    A :class:`~lightning_al.callbacks.SnapshotCallback` joins the main model's fit, drives a
+    A `lightning_al.callbacks.SnapshotCallback` joins the main model's fit, drives a
     cyclic cosine learning rate and keeps one snapshot per cycle (Huang et al. 2017,
     "Snapshot Ensembles: Train 1, Get M for Free"); the snapshots are the cheap implicit
     ensemble that Beluch et al. 2018 compare with deep ensembles.

@@ -23,7 +23,7 @@ passes over batches of 1024 in one forward.
 Masks. The dropout layers are put in eval mode and hooks multiply each layer's input by
 ``keep / q`` with ``keep ~ Bernoulli(q)`` (inverted dropout, the distribution ``nn.Dropout``
 samples): elementwise for ``nn.Dropout``, whole channels (axis 1) for ``nn.Dropout1d/2d/3d``.
-Independent masks come from random bits drawn in bulk (:func:`scaled_keep_mask`): ``q`` is
+Independent masks come from random bits drawn in bulk (`scaled_keep_mask`): ``q`` is
 ``1 - p`` rounded to a multiple of ``2**-16`` (exact for p = 0.5, 0.25, ...; within ``2**-17``
 otherwise) and the scale ``1 / q`` uses that ``q``, so every unit keeps its mean exactly; p = 0.5
 costs one random bit per element. The first dropout layer's input is tiled and masked in one
@@ -300,12 +300,12 @@ class MCDropout(Estimator):
     Args:
         mc_samples: number of stochastic passes ``T``.
         consistent_masks: draw the ``T`` masks of each dropout layer once per round (from ``seed`` and
-            the number of fits so far, see :meth:`fit`) and reuse them for every batch of the pool, so
+            the number of fits so far, see `fit`) and reuse them for every batch of the pool, so
             pass ``t`` is the same sub-network for every sample (Kirsch et al. 2019). Supports
             ``nn.Dropout`` and ``nn.Dropout1d/2d/3d``.
         seed: seeds the masks: the consistent ones with ``(seed, fits)``, or (independent masks)
-            those of call ``n`` of :meth:`predict` with ``(seed, n)``; both counts are kept in
-            :meth:`state_dict`.
+            those of call ``n`` of `predict` with ``(seed, n)``; both counts are kept in
+            `state_dict`.
         cache_prefix: compute the part before the first dropout once per batch; False always tiles
             the whole input (one forward on ``T * B`` rows).
         max_rows: most rows one forward may process (``T * B`` is split into groups of passes above
@@ -313,7 +313,7 @@ class MCDropout(Estimator):
         fold_linear: with consistent masks, when the first dropout layer is an ``nn.Dropout`` followed
             by an ``nn.Linear`` in an ``nn.Sequential`` (so the linear is its only consumer), mask the
             linear's weight columns instead of its input: ``(x ⊙ s_t) W^T = x (W diag(s_t))^T``, one
-            ``(B, F) @ (F, T·C)`` product instead of ``T·B`` masked rows (see :meth:`_PassHooks.folded_linear`).
+            ``(B, F) @ (F, T·C)`` product instead of ``T·B`` masked rows (see `_PassHooks.folded_linear`).
             Likewise an ``nn.Dropout2d`` followed by a 1×1 ``nn.Conv2d`` (a segmentation head): one 1×1
             convolution with ``T·C`` output channels over the ``B`` untiled feature maps.
 
@@ -400,7 +400,7 @@ class MCDropout(Estimator):
 
         ``mask[t] = u_t >= p`` with ``u_t ~ Uniform[0, 1)`` from a CPU generator seeded by
         ``(seed, fits, name, feature_shape)``: the same for every batch and device between two fits of
-        the model, drawn afresh after each (:meth:`fit`), so each round scores under new masks.
+        the model, drawn afresh after each (`fit`), so each round scores under new masks.
         """
         key = ("uniform", name, tuple(feature_shape))
         if key not in self._masks:

@@ -145,7 +145,7 @@ def batchbald_with_gains(
 ) -> tuple[Tensor, Tensor]:
     r"""Greedy BatchBALD picks and the acquisition value each pick adds.
 
-    Same picks as :func:`batchbald`, and also the marginal gains
+    Same picks as `batchbald`, and also the marginal gains
     :math:`a(x_{1:n}) - a(x_{1:n-1}) = H[y_n \mid y_{1:n-1}] - \frac{1}{T}\sum_t H[p_t(y_n)]`
     (float64, shape ``(batch_size,)``, nats). The first gain is the first pick's BALD score,
     the gains sum to :math:`a` of the whole batch, and (up to sampling noise) they do not increase.

@@ -112,7 +112,7 @@ def _expected_entropy(probs_N_T_C: Tensor) -> Tensor:
 def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
     r"""Entropy of the mean prediction :math:`H[\bar p]`, :math:`\bar p = \frac{1}{T}\sum_t p_t` ("Max Entropy").
 
-    The ``(N, T, C)`` form of :func:`~lightning_al.functional.uncertainty.entropy`: high
+    The ``(N, T, C)`` form of `lightning_al.functional.uncertainty.entropy`: high
     when the averaged prediction is uncertain, whatever the reason (Shannon 1948; Gal et
     al. 2017, "Deep Bayesian Active Learning with Image Data").
 
@@ -131,7 +131,7 @@ def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def expected_entropy(probs_N_T_C: Tensor) -> Tensor:
-    r"""Mean entropy of the members :math:`\frac{1}{T}\sum_t H[p_t]` (the aleatoric part of :func:`predictive_entropy`).
+    r"""Mean entropy of the members :math:`\frac{1}{T}\sum_t H[p_t]` (the aleatoric part of `predictive_entropy`).
 
     Args:
         probs_N_T_C: softmax outputs, shape ``(N, T, C)``.
@@ -151,7 +151,7 @@ def bald(probs_N_T_C: Tensor) -> Tensor:
     r"""BALD: the mutual information between the label and the model, :math:`H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
 
     High when the members are individually confident but disagree with each other
-    (epistemic uncertainty). Equal to :func:`kl_to_consensus`; round-off below 0 is clamped
+    (epistemic uncertainty). Equal to `kl_to_consensus`; round-off below 0 is clamped
     to 0 (Houlsby et al. 2011, "Bayesian Active Learning for Classification and Preference
     Learning"; Gal et al. 2017, "Deep Bayesian Active Learning with Image Data").
 
@@ -237,7 +237,7 @@ def vote_entropy(probs_N_T_C: Tensor) -> Tensor:
 def kl_to_consensus(probs_N_T_C: Tensor) -> Tensor:
     r"""Mean KL divergence of each member from the consensus, :math:`\frac{1}{T}\sum_t KL(p_t \| \bar p)`.
 
-    Mathematically equal to :func:`bald`; round-off below 0 is clamped to 0. McCallum &
+    Mathematically equal to `bald`; round-off below 0 is clamped to 0. McCallum &
     Nigam 1998, "Employing EM and Pool-Based Active Learning for Text Classification".
 
     Args:

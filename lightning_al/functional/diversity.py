@@ -86,7 +86,7 @@ def _chunk_rows(x_N_D: Tensor) -> int:
 
 
 def _dots_with_vector(x_N_D: Tensor, v_D: Tensor) -> Tensor:
-    """Float64 ``x_i · v`` for every row, the product in :func:`_product_dtype` of ``x_N_D``.
+    """Float64 ``x_i · v`` for every row, the product in `_product_dtype` of ``x_N_D``.
 
     Float32/float64 ``x_N_D``: one matrix-vector product. Half precision: the same product on float32
     row chunks (``_CHUNK_ELEMENTS`` entries each), so no float32 copy of the whole matrix exists.
@@ -129,7 +129,7 @@ def _min_sq_dist_to_rows(x_N_D: Tensor, sqnorm_N: Tensor, centre_idx_M: Tensor) 
     r"""Float64 ``min_j ‖x_i - x_{c_j}‖²`` over the rows ``centre_idx_M`` of ``x_N_D``; ``+inf`` if none.
 
     Blocks of at most ``_CHUNK_ELEMENTS`` (rows x centres) entries: memory beyond the inputs is
-    ``O(N)`` plus one block, whatever the number of centres. Products run in :func:`_product_dtype`
+    ``O(N)`` plus one block, whatever the number of centres. Products run in `_product_dtype`
     (half-precision rows and centres are upcast block by block).
     """
     num_points = x_N_D.shape[0]
@@ -227,7 +227,7 @@ def covering_radius(embeddings_N_D: Tensor, centre_mask_N: Tensor) -> Tensor:
     r""":math:`\max_i \min_{j \in S} \lVert x_i - x_j \rVert` for the centres ``S`` marked in ``centre_mask_N``.
 
     The quantity k-center greedy keeps small (Sener & Savarese 2018). Returns a float64 scalar;
-    computed in bounded blocks like :func:`kcenter_greedy`.
+    computed in bounded blocks like `kcenter_greedy`.
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [5.0], [10.0]])
@@ -346,7 +346,7 @@ def _kmeans_pp_seeding(
 def badge_factored(
     residuals_N_R: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    r"""BADGE's k-means++ seeding (see :func:`badge`) on gradient embeddings :math:`g_i = r_i \otimes h_i`.
+    r"""BADGE's k-means++ seeding (see `badge`) on gradient embeddings :math:`g_i = r_i \otimes h_i`.
 
     For any loss whose last-layer weight gradient factorises as a residual ``r`` (the gradient w.r.t. the
     logits under the hypothesised labels) times the layer input ``h``, e.g. binary cross-entropy over ``L``

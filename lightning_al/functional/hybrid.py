@@ -1,7 +1,7 @@
 r"""Hybrid kernels that mix a model's predictions with the geometry of its embeddings.
 
-- :func:`cal_scores`: contrastive examples (Margatina et al. 2021).
-- :func:`max_cover_greedy`: representativeness by greedy max-cover (Yang et al. 2017).
+- `cal_scores`: contrastive examples (Margatina et al. 2021).
+- `max_cover_greedy`: representativeness by greedy max-cover (Yang et al. 2017).
 
 Distances are accumulated in float64 and every ``N x M`` computation runs in row chunks,
 so memory stays bounded on large pools.

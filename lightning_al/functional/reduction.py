@@ -2,9 +2,9 @@ r"""From per-unit scores to one score per sample: the units are the labels of a 
 pixels of a segmented image.
 
 A multi-label sample is ``L`` independent Bernoulli variables, so every categorical kernel applies to each
-label's two-class distribution :math:`(1 - p_l, p_l)` (:func:`bernoulli_as_categorical`): the entropy
+label's two-class distribution :math:`(1 - p_l, p_l)` (`bernoulli_as_categorical`): the entropy
 becomes the binary entropy :math:`-p \log p - (1 - p) \log (1 - p)`, BALD the Bernoulli mutual
-information. A segmented image is ``H × W`` categorical variables. :func:`reduce_units` then combines the
+information. A segmented image is ``H × W`` categorical variables. `reduce_units` then combines the
 ``U`` unit scores of a sample into one (Kampffmeyer et al. 2016 and Yang et al. 2017 average per-pixel
 uncertainty over the image).
 """

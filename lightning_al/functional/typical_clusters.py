@@ -104,7 +104,7 @@ def typiclust_from_clusters(
     For each of the ``k`` picks: among clusters with at least ``min_cluster_size`` points and an
     unlabelled point left, take the one with the fewest labelled points (earlier picks count as
     labelled), ties → the most points, then the lowest cluster id; query its unlabelled point of
-    highest :func:`typicality` among all of that cluster's points (labelled included, ``K =
+    highest `typicality` among all of that cluster's points (labelled included, ``K =
     min(k_neighbours, size - 1)``), ties → lowest position. Clusters smaller than
     ``min_cluster_size`` are used only once every larger one is exhausted.
 
@@ -182,9 +182,9 @@ def typiclust(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""TypiClust (Hacohen et al. 2022): k-means into ``min(|L| + k, max_clusters, N)`` clusters, then
-    :func:`typiclust_from_clusters`.
+    `typiclust_from_clusters`.
 
-    k-means is :func:`~lightning_al.functional.weighted_kmeans` with unit weights on all ``N``
+    k-means is `lightning_al.functional.weighted_kmeans` with unit weights on all ``N``
     points (k-means++ seeding from ``generator``, at most ``n_iter`` Lloyd steps, each ``O(N K D)``
     time and ``O(block)`` memory). The paper caps the clusters at 500 (beyond, one more cluster per
     query hardly changes what is typical).
@@ -194,7 +194,7 @@ def typiclust(
         labelled_mask_N: ``(N,)`` bool, ``True`` for labelled points.
         k: number of picks, in ``[1, number of unlabelled points]``.
         max_clusters: cap on the number of clusters, at least 1.
-        k_neighbours, min_cluster_size: see :func:`typiclust_from_clusters`.
+        k_neighbours, min_cluster_size: see `typiclust_from_clusters`.
         n_iter: maximum Lloyd steps of k-means.
         generator: randomness of the k-means++ seeding.
 

@@ -91,10 +91,10 @@ def image_data_url(image: Any, shape: list[int] | None = None) -> str:
 
 
 class LabelStudioOracle:
-    """Labels queries through a live Label Studio project; implements :class:`~lightning_al.oracles.QueryOracle`.
+    """Labels queries through a live Label Studio project; implements `lightning_al.oracles.QueryOracle`.
 
     With ``wait=False`` (the default) the first ``answer`` of a round pushes the tasks and raises
-    :class:`~lightning_al.oracles.LabelsPending`; the loop saves and stops, and resuming pulls the annotations.
+    `lightning_al.oracles.LabelsPending`; the loop saves and stops, and resuming pulls the annotations.
     With ``wait=True`` it polls the project every ``poll_interval`` seconds, printing progress, until every task
     is annotated (then returns the labels) or ``timeout`` seconds pass (then it stops like ``wait=False``).
     See the module's description for idempotency and the policies.
@@ -395,7 +395,7 @@ class LabelStudioOracle:
         )
 
     def answer(self, query: Query) -> Answer:
-        """The labels of ``query.ids``; :class:`~lightning_al.oracles.PartialLabels` when some were skipped or
+        """The labels of ``query.ids``; `lightning_al.oracles.PartialLabels` when some were skipped or
         deleted (those return to the pool).
 
         Raises:

@@ -1,4 +1,4 @@
-"""Acquisition strategies: thin classes over :mod:`lightning_al.functional`."""
+"""Acquisition strategies: thin classes over `lightning_al.functional`."""
 
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy
 from lightning_al.strategies.batchbald import BatchBALD

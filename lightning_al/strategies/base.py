@@ -93,10 +93,10 @@ class ScoreStrategy(Strategy):
 
     Set ``per_sample = False`` in a subclass whose score of a sample depends on the other samples
     (rank normalisation, neighbours, a pool statistic). Otherwise the strategy is
-    :attr:`streamable` whenever it needs model outputs of the pool only: the loop then calls
-    :meth:`batch_scores` on each predicted batch and keeps a running top ``k`` (``O(k)`` host
+    `streamable` whenever it needs model outputs of the pool only: the loop then calls
+    `batch_scores` on each predicted batch and keeps a running top ``k`` (``O(k)`` host
     memory; the ``(N, T, C)`` tensor of MC samples is never built), with the same query as
-    :meth:`select` on the whole pool.
+    `select` on the whole pool.
     """
 
     per_sample: bool = True
@@ -115,7 +115,7 @@ class ScoreStrategy(Strategy):
         raise NotImplementedError
 
     def batch_scores(self, outputs: PoolOutputs) -> Tensor:
-        """Scores ``(B,)`` of one batch of pool outputs (on the scoring device); :meth:`score` by default."""
+        """Scores ``(B,)`` of one batch of pool outputs (on the scoring device); `score` by default."""
         return self.score(outputs)
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
@@ -128,7 +128,7 @@ class ScoreStrategy(Strategy):
 class CallbackScoreStrategy(ScoreStrategy):
     """A score strategy that learns from training through its own callback, ``self.callback``.
 
-    The callback joins every round's fit (:meth:`callbacks`) and its state is the strategy's state.
+    The callback joins every round's fit (`callbacks`) and its state is the strategy's state.
     """
 
     callback: pl.Callback

@@ -17,10 +17,10 @@ class BatchBALD(Strategy):
 
     Unlike top-``k`` BALD, a point that would repeat what an already chosen point tells the
     model adds little, so near-duplicates are not queried together. See
-    :func:`lightning_al.functional.batch_bald.batchbald` for the objective and its cost.
+    `lightning_al.functional.batch_bald.batchbald` for the objective and its cost.
 
     Args:
-        mc_samples: stochastic passes ``T`` of the default :class:`MCDropout` estimator.
+        mc_samples: stochastic passes ``T`` of the default `MCDropout` estimator.
         num_samples: largest exact joint-configuration table; sampled configurations beyond it.
         estimator: computes ``mc_probs`` of shape ``(N, T, C)``; defaults to
             ``MCDropout(mc_samples, consistent_masks=True)`` (consistent MC dropout, as in the paper).

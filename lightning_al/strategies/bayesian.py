@@ -1,5 +1,5 @@
 """Strategies over ``T`` stochastic passes or committee members: BALD, variation ratios, mean STD,
-max entropy and query by committee (thin classes over :mod:`lightning_al.functional.bayesian`).
+max entropy and query by committee (thin classes over `lightning_al.functional.bayesian`).
 
 Each reads the pool output ``"mc_probs"`` of shape ``(N, T, C)``. By default it comes from
 MC dropout (Gal & Ghahramani 2016) with ``mc_samples`` passes; any estimator that provides
@@ -53,7 +53,7 @@ def mc_probs_estimator(mc_samples: int, estimator: Estimator | None) -> Estimato
 
 class _MCProbsStrategy(ScoreStrategy):
     """Scores ``mc_probs`` with one kernel; the estimator defaults to consistent MC dropout (see
-    :func:`mc_probs_estimator`).
+    `mc_probs_estimator`).
 
     Args:
         mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when

@@ -28,7 +28,7 @@ class CEAL(Strategy):
     Deep Image Classification").
 
     Args:
-        base: the strategy choosing the queries (default :class:`Entropy`, the paper's EN criterion).
+        base: the strategy choosing the queries (default `Entropy`, the paper's EN criterion).
         threshold: initial entropy threshold ``δ₀`` in nats; the default is the paper's 0.005. A
             larger one admits more, and more often wrong, pseudo-labels: on digits (10 classes,
             20 labels, 200-step fits) 0.05 put about 160 beside the 20 true labels and fell below

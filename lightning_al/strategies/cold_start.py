@@ -47,15 +47,15 @@ class TypiClust(Strategy):
     Clusters all samples (labelled and pool) into ``min(num_labelled + k, max_clusters)`` clusters;
     each pick comes from the cluster with the fewest labelled samples (ties → the largest), and is
     its sample with the largest typicality, the inverse mean distance to its ``k_neighbours``
-    nearest neighbours in the cluster. See :func:`~lightning_al.functional.typiclust`.
+    nearest neighbours in the cluster. See `lightning_al.functional.typiclust`.
 
     Args:
         max_clusters: cap on the number of k-means clusters (the paper: 500).
         k_neighbours: neighbours of the typicality (the paper: 20).
         min_cluster_size: smaller clusters are used only once the others are exhausted (the paper: 5).
         estimator: source of the embeddings; by default the task model's penultimate features
-            (untrained at round 0 — prefer :class:`~lightning_al.estimators.fixed_features.FrozenEncoder` or
-            :class:`~lightning_al.estimators.fixed_features.PrecomputedEmbeddings` for a cold start).
+            (untrained at round 0 — prefer `lightning_al.estimators.fixed_features.FrozenEncoder` or
+            `lightning_al.estimators.fixed_features.PrecomputedEmbeddings` for a cold start).
     """
 
     requires = frozenset({EMBEDDINGS})
@@ -102,13 +102,13 @@ class ProbCover(Strategy):
     or picked one. Unless ``delta`` is given, δ is chosen every round by the paper's purity rule:
     k-means with ``num_classes`` clusters on all samples' embeddings, then the largest δ for which at
     least ``purity`` of the samples have δ-balls holding only their own cluster
-    (:func:`~lightning_al.functional.purity_delta`); the last δ used is kept in ``delta_``.
+    (`lightning_al.functional.purity_delta`); the last δ used is kept in ``delta_``.
 
     Args:
         num_classes: number of classes (the clusters of the purity rule).
         delta: fixed ball radius instead of the purity rule (in the embedding space's units).
         purity: the purity threshold α (the paper: 0.95).
-        estimator: source of the embeddings, see :class:`TypiClust`.
+        estimator: source of the embeddings, see `TypiClust`.
     """
 
     requires = frozenset({EMBEDDINGS})
@@ -218,7 +218,7 @@ class BudgetAware(Strategy):
     ``low`` embeddings that exist before any label (``TypiClust(estimator=FrozenEncoder(...))``).
 
     Args:
-        low: strategy for small labelled sets (default :class:`TypiClust`; or :class:`ProbCover`).
+        low: strategy for small labelled sets (default `TypiClust`; or `ProbCover`).
         high: strategy from ``switch_at`` labels on (default ``BADGE()``; or e.g. ``Entropy()``).
         num_classes: number of classes; None reads it from the probabilities ``high`` is scored with.
         labels_per_class: labels per class at which ``high`` takes over (``> 0``).

@@ -18,7 +18,7 @@ from lightning_al.tasks import ALL_TASKS, Task
 
 
 class _EmbeddingStrategy(Strategy):
-    """Reads the deterministic model's ``probs`` and ``embeddings`` (see :class:`Softmax`).
+    """Reads the deterministic model's ``probs`` and ``embeddings`` (see `Softmax`).
 
     Args:
         embedding_layer: name of the layer whose output is the embedding; by default the input
@@ -41,7 +41,7 @@ class CoreSet(_EmbeddingStrategy):
     Covers the embedding space so that no unlabelled point is far from a labelled one
     (Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
     Approach", greedy 2-approximation). For segmentation the embedding is the head's input averaged over
-    pixels (see :class:`~lightning_al.tasks.Segmentation`).
+    pixels (see `lightning_al.tasks.Segmentation`).
     """
 
     requires = frozenset({EMBEDDINGS})
@@ -68,7 +68,7 @@ class BADGE(_EmbeddingStrategy):
     layer, the default.
 
     Multi-label: the binary cross-entropy gradient ``(sigmoid(z) - ŷ) ⊗ h`` with ``ŷ = [p >= threshold]``,
-    never materialised (:func:`~lightning_al.functional.badge_factored`). Segmentation: the gradient of the
+    never materialised (`lightning_al.functional.badge_factored`). Segmentation: the gradient of the
     mean pixel cross-entropy w.r.t. the 1×1 head, ``mean_hw (p_hw - e_ŷhw) ⊗ h_hw``, computed batch by
     batch by the estimator (``grad_embeddings``, of size ``C · D``).
     """
@@ -110,7 +110,7 @@ class DiverseMiniBatch(_EmbeddingStrategy):
 
     Args:
         beta: prefilter size as a multiple of the query size (the paper uses 10 to 50).
-        embedding_layer: see :class:`CoreSet`.
+        embedding_layer: see `CoreSet`.
     """
 
     def __init__(self, beta: int = 10, embedding_layer: str | None = None) -> None:
@@ -138,7 +138,7 @@ class CAL(_EmbeddingStrategy, ScoreStrategy):
 
     Args:
         k_neighbours: labelled neighbours compared with each candidate.
-        embedding_layer: see :class:`CoreSet`.
+        embedding_layer: see `CoreSet`.
     """
 
     requires_labelled = frozenset({PROBS, EMBEDDINGS})

@@ -13,7 +13,7 @@ class LabelDispersion(CallbackScoreStrategy):
     """Query the pool samples whose predicted label changed most during training (Bengar et al. 2021,
     "When Deep Learners Change Their Mind: Learning Dynamics for Active Learning").
 
-    Owns a :class:`LabelDispersionCallback` that the loop adds to every round's fit; it
+    Owns a `LabelDispersionCallback` that the loop adds to every round's fit; it
     predicts the pool every ``every_n_epochs`` epochs. The score is ``1 - (count of the modal
     predicted label) / T``; the top ``k`` are queried (ties → lower dataset id). Needs no
     estimator output, so the loop runs no scoring pass.

@@ -2,7 +2,7 @@
 
 Yoo & Kweon 2019, "Learning Loss for Active Learning" (CVPR): a small head attached to
 intermediate layers of the target model is trained jointly with it to rank the per-sample
-losses (:class:`~lightning_al.callbacks.loss_prediction.LossPredictionCallback`); the
+losses (`lightning_al.callbacks.loss_prediction.LossPredictionCallback`); the
 unlabelled samples with the highest predicted loss are labelled next.
 """
 
@@ -24,7 +24,7 @@ PREDICTED_LOSS = "predicted_loss"  # (N,) the loss-prediction head's output
 class LossPredictionEstimator(Estimator):
     """Outputs ``"predicted_loss"`` ``(B,)``: the head of ``callback`` on the model's tapped features (eval mode).
 
-    The callback must have trained during the fit (the :class:`LossPrediction` strategy adds it
+    The callback must have trained during the fit (the `LossPrediction` strategy adds it
     to the Trainer); this estimator adds no callback itself, so it is never registered twice.
     """
 
@@ -45,7 +45,7 @@ class LossPredictionEstimator(Estimator):
 class LossPrediction(CallbackScoreStrategy):
     """Score = the predicted loss, highest first; trains its own loss-prediction head during each fit.
 
-    Arguments are those of :class:`~lightning_al.callbacks.loss_prediction.LossPredictionCallback`
+    Arguments are those of `lightning_al.callbacks.loss_prediction.LossPredictionCallback`
     (``layers`` name intermediate layers of the user's model, ``model.named_modules()``).
     """
 

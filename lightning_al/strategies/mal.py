@@ -3,9 +3,9 @@ r"""MAL acquisition: the highest-entropy samples among those the discriminator c
 Ebrahimi et al. 2021, "Minimax Active Learning" (arXiv:2012.10467). The model's encoder and
 cosine classifier play the minimax entropy game on the unlabelled pool, and a discriminator
 learns labelled vs unlabelled features, during every round's fit
-(:class:`~lightning_al.callbacks.mal.MALCallback`); scoring combines the discriminator
+(`lightning_al.callbacks.mal.MALCallback`); scoring combines the discriminator
 (diversity) and the classifier's entropy (uncertainty) with
-:func:`~lightning_al.functional.mal.mal_score`.
+`lightning_al.functional.mal.mal_score`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class MALEstimator(Estimator):
     ``encoder_layer``, captured in the same pass. Only the outputs in ``needs`` are returned.
 
     Args:
-        callback: the :class:`MALCallback` that trains the model's minimax game and the discriminator.
+        callback: the `MALCallback` that trains the model's minimax game and the discriminator.
     """
 
     provides = frozenset({PROBS, MAL_UNLABELLED_SCORE})
@@ -65,14 +65,14 @@ class MALEstimator(Estimator):
 
 
 class MAL(CallbackScoreStrategy):
-    r"""Minimax active learning (Ebrahimi et al. 2021): top ``k`` of :func:`~lightning_al.functional.mal.mal_score`.
+    r"""Minimax active learning (Ebrahimi et al. 2021): top ``k`` of `lightning_al.functional.mal.mal_score`.
 
     :math:`s(x) = H(x) - \mathbb{1}[u(x) < \tau](\log K + 1)`: the samples the discriminator
     predicts as unlabelled (:math:`u \ge \tau`), highest classifier entropy first, then the rest
-    by entropy. Owns the :class:`~lightning_al.callbacks.mal.MALCallback` that trains during each
-    round's fit (:meth:`callbacks`); the other arguments are forwarded to it, and its module
+    by entropy. Owns the `lightning_al.callbacks.mal.MALCallback` that trains during each
+    round's fit (`callbacks`); the other arguments are forwarded to it, and its module
     docstring says what the model must provide (an ``encoder_layer``, ideally followed by a
-    :class:`~lightning_al.callbacks.mal.CosineClassifier`).
+    `lightning_al.callbacks.mal.CosineClassifier`).
 
     Args:
         encoder_layer: name of the layer whose output is the feature :math:`F(x)`.

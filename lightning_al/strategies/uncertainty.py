@@ -39,7 +39,7 @@ class Entropy(_ProbsStrategy):
     """Query the highest predictive entropy ``-sum_c p log p`` (Shannon 1948; Settles 2009).
 
     Multi-label: the sum (or mean) of the labels' binary entropies; segmentation: the pixels' entropies
-    reduced per image (see :mod:`lightning_al.tasks`).
+    reduced per image (see `lightning_al.tasks`).
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:

@@ -1,7 +1,7 @@
 """VAAL acquisition: query what the adversarial discriminator is surest is unlabelled.
 
 Sinha, Ebrahimi & Darrell 2019, "Variational Adversarial Active Learning". The VAE and the
-discriminator are trained by :class:`~lightning_al.callbacks.vaal.VAALCallback` during every
+discriminator are trained by `lightning_al.callbacks.vaal.VAALCallback` during every
 round's fit of the main model; scoring reads only them, never the task model.
 """
 
@@ -27,7 +27,7 @@ class VAALEstimator(Estimator):
     surer the sample is unlabelled = query first. The model's forward is not used.
 
     Args:
-        callback: the :class:`VAALCallback` that trains the VAE and the discriminator.
+        callback: the `VAALCallback` that trains the VAE and the discriminator.
     """
 
     provides = frozenset({VAAL_SCORE})
@@ -61,8 +61,8 @@ class VAALEstimator(Estimator):
 class VAAL(CallbackScoreStrategy):
     """Variational adversarial active learning (Sinha et al. 2019): top ``k`` of ``1 - p(labelled | mu(x))``.
 
-    Owns the :class:`VAALCallback` that trains the VAE and discriminator during each round's
-    fit (:meth:`callbacks`); the arguments are forwarded to it.
+    Owns the `VAALCallback` that trains the VAE and discriminator during each round's
+    fit (`callbacks`); the arguments are forwarded to it.
     """
 
     requires = frozenset({VAAL_SCORE})

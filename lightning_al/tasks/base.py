@@ -1,7 +1,7 @@
 """The task interface: what a label is, how logits become probabilities, how scores reduce per sample.
 
-A task is given once, to the :class:`~lightning_al.data.ActiveDataModule`; the loop hands it to the
-estimator (logits → probabilities), to the strategies (through :attr:`PoolOutputs.task`: per-unit scores →
+A task is given once, to the `lightning_al.data.ActiveDataModule`; the loop hands it to the
+estimator (logits → probabilities), to the strategies (through `PoolOutputs.task`: per-unit scores →
 one per sample), to the pool (label form and checks) and to the test pass (torchmetrics metrics). The
 loop itself never branches on it. Strategies declare the task names they support in ``tasks``.
 """
@@ -63,7 +63,7 @@ class Task:
         raise NotImplementedError
 
     def reduce(self, scores_N_U: Tensor, valid_N_U: Tensor | None = None) -> Tensor:
-        """One score per sample from its unit scores (see :func:`~lightning_al.functional.reduce_units`)."""
+        """One score per sample from its unit scores (see `lightning_al.functional.reduce_units`)."""
         return reduce_units(scores_N_U, "mean", valid_N_U)
 
     def score(self, kernel: Kernel, probs: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -73,8 +73,8 @@ class Task:
     def mc_score(self, kernel: Kernel, mc_probs: Tensor, valid: Tensor | None = None) -> Tensor:
         """``kernel`` (an ``(M, T, K) → (M,)`` score) on every unit's passes, reduced to ``(N,)``.
 
-        The kernels of :mod:`lightning_al.functional.bayesian` run on the units where they lie
-        (:func:`~lightning_al.functional.bayesian.per_unit`: no ``(N·U, T, K)`` copy); any other kernel gets
+        The kernels of `lightning_al.functional.bayesian` run on the units where they lie
+        (`lightning_al.functional.bayesian.per_unit`: no ``(N·U, T, K)`` copy); any other kernel gets
         the ``(N·U, T, K)`` form.
         """
         scores = per_unit(kernel, self.mc_in_place(mc_probs))
@@ -130,7 +130,7 @@ class Task:
         return store.clone()
 
     def labels_from_state(self, state: Any, labelled_ids: Tensor) -> Any:
-        """A store from :meth:`labels_state`, validated for ``labelled_ids``."""
+        """A store from `labels_state`, validated for ``labelled_ids``."""
         raise NotImplementedError
 
     def check_fits(self, labels: Tensor | list[Tensor], ids: Tensor, item: Callable[[int], Any]) -> None:
