@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 LABEL_STUDIO_VENV ?= .venv-label-studio
 LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: install label-studio bench-label-studio demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
+.PHONY: install label-studio bench-label-studio docs docs-serve demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
 
 install: $(VENV)/.installed
 
@@ -49,11 +49,19 @@ bench-label-studio: install label-studio
 
 test: install label-studio
 	$(BIN)/python -m pytest -q
-	$(BIN)/ruff check lightning_al examples tests benchmarks
+	$(BIN)/ruff check lightning_al examples tests benchmarks docs
+	$(MAKE) docs
+
+# The documentation site, built strictly: broken links, missing pages and docstring gaps fail.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: install
-	$(BIN)/ruff check lightning_al examples tests benchmarks
-	$(BIN)/ruff format --check lightning_al examples tests benchmarks
+	$(BIN)/ruff check lightning_al examples tests benchmarks docs
+	$(BIN)/ruff format --check lightning_al examples tests benchmarks docs
 
 clean:
-	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .pytest_cache
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .pytest_cache site

@@ -19,8 +19,8 @@ from pathlib import Path
 PACKAGE = "lightning_al"
 REFERENCE = "reference"
 ROOT = Path(__file__).resolve().parents[2]
-# Figures the benchmarks write into benchmarks/results/, served under the same path.
-RESULT_FIGURES = "benchmarks/results"
+# Tables and figures the benchmarks write into benchmarks/results/, served under the same path.
+RESULTS = "benchmarks/results"
 
 log = logging.getLogger("mkdocs.hooks.api_reference")
 
@@ -98,7 +98,11 @@ def _nav_entries(modules: list[str]) -> list:
     groups: dict[str, list] = {}
     for name in modules:
         parts = name.split(".")
-        group = parts[1] if len(parts) > 2 or (len(parts) == 2 and hasattr(importlib.import_module(name), "__path__")) else ""
+        group = (
+            parts[1]
+            if len(parts) > 2 or (len(parts) == 2 and hasattr(importlib.import_module(name), "__path__"))
+            else ""
+        )
         groups.setdefault(group, []).append({f"{name}": f"{REFERENCE}/{name}.md"})
     entries = list(groups.pop(""))
     entries += [{f"{PACKAGE}.{group}": items} for group, items in sorted(groups.items())]
@@ -117,13 +121,14 @@ def on_config(config):
 
 
 def on_files(files, config):
-    """Generate the reference pages and serve the benchmarks' figures."""
+    """Generate the reference pages and serve the benchmarks' result tables and figures."""
     from mkdocs.structure.files import File
 
     for name in public_modules():
         files.append(File.generated(config, f"{REFERENCE}/{name}.md", content=reference_page(name)))
-    for figure in sorted((ROOT / RESULT_FIGURES).glob("*.png")):
-        files.append(File.generated(config, f"{RESULT_FIGURES}/{figure.name}", abs_src_path=str(figure)))
+    for result in sorted((ROOT / RESULTS).iterdir()):
+        if result.suffix in (".md", ".png"):
+            files.append(File.generated(config, f"{RESULTS}/{result.name}", abs_src_path=str(result)))
     return files
 
 
