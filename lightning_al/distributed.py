@@ -43,6 +43,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of the default process group (True when there is none)."""
     return rank_and_world()[0] == 0
 
 
@@ -53,7 +54,7 @@ def shard(ids_N: Tensor) -> Tensor:
 
 
 def unique_by_id(ids_N: Tensor, values: dict[str, Tensor]) -> PoolOutputs:
-    """Outputs sorted by ascending id, keeping the first occurrence of each repeated id.
+    """``values`` (rows aligned with ``ids_N`` ``(N,)``) sorted by ascending id, first occurrence of each id kept.
 
     A ``DistributedSampler`` pads the last ranks with copies of the first samples; gathered in rank
     order, the first occurrence of an id is the original one.
@@ -84,7 +85,9 @@ def gather_by_id(outputs: PoolOutputs) -> PoolOutputs | None:
 
 
 def merge_top_k(ids_K: Tensor, scores_K: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The best ``k`` of every rank's local top ``k``, on every rank (see `top_k_by_score`).
+    """The best ``k`` of every rank's local top ``k`` (ids ``ids_K``, scores ``scores_K``), on every rank.
+
+    Ranked as `top_k_by_score`; returns ``(ids, scores)`` of the best ``k``.
 
     The ranks must have scored disjoint ids (`shard`); the result then equals the top ``k``
     of the whole pool scored on one process.
@@ -114,7 +117,7 @@ def broadcast_from_rank_zero(obj: T) -> T:
 
 @torch.no_grad()
 def average_gradients(parameters: Iterable[Tensor]) -> None:
-    r"""Replace each parameter's gradient by its mean over the ranks: :math:`g \leftarrow \frac{1}{W}\sum_r g_r`.
+    r"""Replace the gradient of each of ``parameters`` by its mean over the ranks, `\frac{1}{W}\sum_r g_r`.
 
     For modules trained beside the Lightning model with their own optimiser (a loss-prediction head,
     a discriminator), which DDP does not wrap: averaged before every step from identical initial

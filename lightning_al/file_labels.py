@@ -45,6 +45,7 @@ def as_int(value: Any) -> int | None:
 
 
 def is_blank(value: Any) -> bool:
+    """Whether a ``label`` cell is empty: None, or a string of whitespace only."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
@@ -63,7 +64,12 @@ def _sentence(error: ValueError) -> str:
 
 
 class LabelForm:
-    """The label cells of one task: suggestions out, answers in."""
+    """The label cells of one task: suggestions out, answers in.
+
+    Args:
+        class_names: the class (multi-label: label) names in id order, or None for ids only.
+        num_classes: the number of classes (labels), or None when unknown.
+    """
 
     hint = "`suggested_label` is the model's guess"
     studio_action = "choose a class for every task"
@@ -77,6 +83,7 @@ class LabelForm:
         raise NotImplementedError
 
     def check_predicted(self, predicted: Any, count: int) -> None:
+        """Refuse (`ValueError`) predictions that are not ``count`` class ids, a tensor of shape ``(count,)``."""
         if not isinstance(predicted, Tensor) or tuple(predicted.shape) != (count,):
             raise ValueError(f"Expected `query.predicted` to have shape {(count,)}, but got {_shape(predicted)}.")
 
@@ -156,6 +163,7 @@ class LabelSets(LabelForm):
         )
 
     def check_predicted(self, predicted: Any, count: int) -> None:
+        """Refuse (`ValueError`) predictions that are not a ``(count, L)`` tensor of 0/1 labels."""
         expected = (count, self.num_classes)
         if not isinstance(predicted, Tensor) or tuple(predicted.shape) != expected:
             raise ValueError(f"Expected `query.predicted` to have shape {expected}, but got {_shape(predicted)}.")
@@ -281,7 +289,14 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 class MaskFiles(LabelForm):
-    """Segmentation: the path of a mask file, checked against the task and the image's size."""
+    """Segmentation: the path of a mask file, checked against the task and the image's size.
+
+    Args:
+        task: the segmentation task (classes, ``ignore_index``).
+        class_names: the class names in id order, or None.
+        directory: the oracle's directory; mask paths are relative to it and must stay inside it.
+        item: the dataset item of an id, to check a mask's size against its image; None skips the check.
+    """
 
     hint = "`suggested_label` is a file with the model's mask: correct it and point `label` to it, or use your own"
 
@@ -309,6 +324,7 @@ class MaskFiles(LabelForm):
         )
 
     def check_predicted(self, predicted: Any, count: int) -> None:
+        """Refuse (`ValueError`) predictions that are not ``count`` ``(H, W)`` masks (a tensor or a list)."""
         if isinstance(predicted, Tensor):
             masks_ok = predicted.ndim == 3 and predicted.shape[0] == count
         else:

@@ -160,8 +160,8 @@ def label_studio_config(
     to_name: str = "reference",
 ) -> str:
     """A Label Studio labelling config: ``shown`` (the tags that show a sample; ``to_name`` is the one labelled),
-    then one choice among the class names, or (multi-label) any number of them, with a ``none`` choice for a
-    sample that has none."""
+    then one choice among ``class_names``, or with ``multiple`` (multi-label) any number of them, with a ``none``
+    choice for a sample that has none."""
     names = [*class_names, NONE_TOKEN] if multiple else list(class_names)
     choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in names)
     return (

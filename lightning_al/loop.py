@@ -362,7 +362,12 @@ class ActiveLearningLoop:
     ) -> list[dict[str, Any]]:
         """Run rounds until a stopping rule fires; return ``history`` (one plain dict per round).
 
-        ``on_round_end``, if given, receives each history row as soon as its round ends.
+        Args:
+            model: the LightningModule trained every round and used for scoring (unless an estimator
+                scores with other modules).
+            datamodule: the labelled set and the unlabelled pool; labels are recorded in its pool.
+            on_round_end: if given, receives each history row as soon as its round ends.
+            resume: continue the run saved in ``output_dir`` (see below).
 
         With ``output_dir`` set, the pool, this loop's state and the model are saved to
         ``output_dir/state.pt`` after every labelling step; ``resume=True`` continues from there
@@ -680,6 +685,7 @@ class ActiveLearningLoop:
 
     # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The loop's progress: round, labels acquired, ``history``, generator, strategy and estimator states."""
         return {
             "round": self.round,
             "acquired": self.acquired,
@@ -691,6 +697,7 @@ class ActiveLearningLoop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the progress saved by `state_dict` (the strategy's and estimator's states included)."""
         self.round, self.acquired = int(state["round"]), int(state["acquired"])
         self.history = copy.deepcopy(state["history"])
         self.generator.set_state(state["generator"])

@@ -14,6 +14,14 @@ class MLPClassifier(namespace.default().LightningModule):
     Trained with cross-entropy and Adam; logs ``train_loss`` per epoch. Its dropout layers make
     it usable with `lightning_al.estimators.MCDropout`. A LightningModule of the default namespace
     (``pytorch_lightning`` when installed, else ``lightning.pytorch``).
+
+    Args:
+        in_features: input size.
+        num_classes: number of classes.
+        hidden: width of the hidden layers.
+        dropout: dropout probability after each hidden layer.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
     """
 
     def __init__(
@@ -38,22 +46,34 @@ class MLPClassifier(namespace.default().LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of inputs ``x`` ``(B, in_features)``."""
         return self.net(x)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy of the batch ``(x, y)``: inputs ``(B, in_features)``, class ids ``(B,)``."""
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train_loss", loss, on_epoch=True, on_step=False)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with ``lr`` and ``weight_decay``."""
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 class MultiLabelMLP(MLPClassifier):
     """`MLPClassifier` for multi-label targets: logits ``(B, num_labels)`` trained with
     ``binary_cross_entropy_with_logits`` on float 0/1 targets ``(B, num_labels)`` (use with
-    `lightning_al.tasks.MultiLabel`)."""
+    `lightning_al.tasks.MultiLabel`).
+
+    Args:
+        in_features: input size.
+        num_labels: number of labels.
+        hidden: width of the hidden layers.
+        dropout: dropout probability after each hidden layer.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
 
     def __init__(
         self,
@@ -66,7 +86,8 @@ class MultiLabelMLP(MLPClassifier):
     ) -> None:
         super().__init__(in_features, num_labels, hidden, dropout, lr, weight_decay)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Binary cross-entropy of the batch ``(x, y)``: inputs ``(B, in_features)``, 0/1 ``(B, num_labels)``."""
         x, y = batch
         loss = nn.functional.binary_cross_entropy_with_logits(self(x), y.float())
         self.log("train_loss", loss, on_epoch=True, on_step=False)
@@ -90,6 +111,14 @@ class SmallUNet(namespace.default().LightningModule):
     ``H`` and ``W`` must be even. Dropout sits only before the 1×1 head (``head.0``, an ``nn.Dropout2d``), so
     MC dropout runs the encoder and decoder once per batch and only the head ``T`` times. Trained with
     pixel-wise cross-entropy that skips ``ignore_index``; use with `lightning_al.tasks.Segmentation`.
+
+    Args:
+        in_channels: input channels.
+        num_classes: number of classes.
+        width: channels of the first level (the second has ``2 * width``).
+        dropout: ``nn.Dropout2d`` probability before the head.
+        ignore_index: mask value of unlabelled pixels, left out of the loss.
+        lr: Adam learning rate.
     """
 
     def __init__(
@@ -110,15 +139,18 @@ class SmallUNet(namespace.default().LightningModule):
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` of images ``x`` ``(B, in_channels, H, W)``."""
         skip = self.down(x)
         bottom = self.bottom(nn.functional.max_pool2d(skip, 2))
         return self.head(self.decode(torch.cat([skip, self.up(bottom)], dim=1)))
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Pixel-wise cross-entropy of the batch ``(x, mask)``: images ``(B, C_in, H, W)``, masks ``(B, H, W)``."""
         x, mask = batch
         loss = nn.functional.cross_entropy(self(x), mask.long(), ignore_index=self.hparams.ignore_index)
         self.log("train_loss", loss, on_epoch=True, on_step=False)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with ``lr``."""
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -29,12 +29,14 @@ UNIFIED, STANDALONE = "lightning.pytorch", "pytorch_lightning"
 
 @dataclass(frozen=True)
 class Namespace:
-    """One installed Lightning package; its classes as attributes (``Trainer``, ``LightningModule``, ...)."""
+    """One installed Lightning package, ``name`` (e.g. ``"pytorch_lightning"``); its classes as attributes
+    (``Trainer``, ``LightningModule``, ...)."""
 
     name: str
 
     @functools.cached_property
     def package(self) -> ModuleType:
+        """The imported package."""
         return importlib.import_module(self.name)
 
     def __getattr__(self, attribute: str) -> Any:
@@ -71,6 +73,7 @@ def get(name: str) -> Namespace:
 
 
 def default() -> Namespace:
+    """The first installed namespace (``pytorch_lightning`` when both are)."""
     return installed()[0]
 
 

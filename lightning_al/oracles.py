@@ -24,7 +24,9 @@ class Oracle(Protocol):
     ``k`` masks (segmentation: a ``(k, H, W)`` tensor or a list of ``(H, W)`` tensors).
     """
 
-    def label(self, ids: Tensor) -> Tensor | list[Tensor]: ...
+    def label(self, ids: Tensor) -> Tensor | list[Tensor]:
+        """One label per id of ``ids`` (``LongTensor[k]``), in the same order, in the task's form (see above)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ class QueryOracle(Protocol):
     raises `LabelsPending` when the answers are not available yet.
     """
 
-    def answer(self, query: Query) -> Answer: ...
+    def answer(self, query: Query) -> Answer:
+        """The labels of ``query.ids`` (or `PartialLabels`); raises `LabelsPending` while they are not ready."""
+        ...
 
 
 class LabelsPending(Exception):
@@ -100,5 +104,6 @@ class DatasetOracle:
         self.task = task
 
     def label(self, ids: Tensor) -> Tensor | list[Tensor]:
+        """The dataset's targets at ``ids`` ``(k,)``: ``LongTensor[k]`` classes, or the task's form."""
         ids = as_id_tensor("ids", ids)
         return dataset_targets(self.dataset, ids, self.target_key, self.task)

@@ -95,55 +95,68 @@ class RoundFitLogger:
 
     @property
     def name(self) -> str | None:
+        """The user's logger's name."""
         return self._logger.name
 
     @property
     def version(self) -> int | str | None:
+        """The user's logger's version."""
         return self._logger.version
 
     @property
     def root_dir(self) -> str | None:
+        """The user's logger's root directory."""
         return self._logger.root_dir
 
     @property
     def log_dir(self) -> str | None:
+        """The user's logger's log directory."""
         return self._logger.log_dir
 
     @property
     def save_dir(self) -> str | None:
+        """The user's logger's save directory."""
         return self._logger.save_dir
 
     @property
     def group_separator(self) -> str:
+        """The user's logger's separator of metric groups."""
         return self._logger.group_separator
 
     @property
     def experiment(self) -> Any:
+        """The user's logger's experiment object (e.g. the W&B run)."""
         return self._logger.experiment
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log ``metrics`` to the user's logger at ``step + step_offset``."""
         if step is not None:
             step = step + self.step_offset
             self._state.last_step = max(self._state.last_step, step)
         self._logger.log_metrics(metrics, step)
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Pass the hyperparameters through to the user's logger, once per experiment."""
         if self._index not in self._state.hyperparams_logged:
             self._state.hyperparams_logged.add(self._index)
             self._logger.log_hyperparams(params, *args, **kwargs)
 
     def log_graph(self, model: torch.nn.Module, input_array: Tensor | None = None) -> None:
+        """Pass the model graph through to the user's logger, once per experiment."""
         if self._index not in self._state.graph_logged:
             self._state.graph_logged.add(self._index)
             self._logger.log_graph(model, input_array)
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Forwarded to the user's logger."""
         self._logger.after_save_checkpoint(checkpoint_callback)
 
     def save(self) -> None:
+        """Save the user's logger."""
         self._logger.save()
 
     def finalize(self, status: str) -> None:
+        """End of the round's fit: a `WandbLogger` is finalized, any other logger only saved; no run is closed."""
         if isinstance(self._logger, _wandb_loggers()):
             self._logger.finalize(status)
         else:
@@ -276,6 +289,8 @@ class RoundLogger:
         loggers: the user's logger or loggers.
         max_table_rows: at most this many queried samples per round go into the W&B table.
         max_thumbnails: at most this many of them get an image thumbnail.
+        task: the datamodule's task, which words the predicted and oracle labels of the table (default
+            multi-class) and names the learning curve's metric.
     """
 
     def __init__(
@@ -327,7 +342,14 @@ class RoundLogger:
         labels: Tensor | None = None,
         inputs: Any = None,
     ) -> None:
-        """Log one history row (scalars as ``al/<key>``) and, if given, the round's query (see the class notes)."""
+        """Log one history row (scalars as ``al/<key>``) and, if given, the round's query (see the class notes).
+
+        Args:
+            row: the round's history row; needs a scalar ``num_labelled``.
+            query: the round's query.
+            labels: the oracle's labels of ``query.ids``, one per id along dim 0.
+            inputs: the queried samples' model inputs (e.g. ``(k, C, H, W)`` images, for thumbnails).
+        """
         if not isinstance(row, Mapping):
             raise TypeError(f"Expected `row` to be a history dict, but got {type(row).__name__}.")
         scalars = scalar_entries(row)
@@ -358,9 +380,11 @@ class RoundLogger:
 
     # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The largest training step logged so far (the next round's fit continues after it)."""
         return {"last_fit_step": self._fit_state.last_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the step saved by `state_dict`."""
         self._fit_state.last_step = int(state["last_fit_step"])
 
     # ----- W&B ---------------------------------------------------------------------------

@@ -58,9 +58,15 @@ class RunDirectoryLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._fd is not None
 
     def acquire(self) -> RunDirectoryLock:
+        """Take the lock and write this process's holder record; returns ``self`` (no-op if held or without ``fcntl``).
+
+        Raises:
+            RunDirectoryLocked: another live process holds the directory.
+        """
         if self._fd is not None or fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)

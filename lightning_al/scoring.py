@@ -70,6 +70,7 @@ class RunningTopK:
         self.scores: Tensor | None = None
 
     def update(self, ids_B: Tensor, scores_B: Tensor) -> None:
+        """Merge one batch, dataset ids ``(B,)`` and their scores ``(B,)``, into the running top ``k``."""
         ids_B, scores_B = ids_B.detach().cpu(), scores_B.detach().cpu()
         self.count += int(ids_B.numel())
         if self.scores is None:
@@ -264,7 +265,8 @@ def predict_outputs(
     so its full-precision values never reach the host; other outputs keep the estimator's dtype.
 
     Values whose rows are not finite are refused with the offending dataset ids, and so are
-    embeddings that overflow ``embedding_dtype``.
+    embeddings that overflow ``embedding_dtype``. ``trainer.predict`` runs ``estimator`` on ``model`` for every
+    batch of ``loader``; ``inputs`` picks a batch's model input and ``targets`` its target.
     """
     _check_provides(estimator, needs)
     host = _HostOutputs()
@@ -299,7 +301,8 @@ def stream_top_k(
 
     ``scorer`` receives each batch's outputs ``needs`` as `PoolOutputs` (on the scoring
     device) and returns its ``(B,)`` scores; higher = query first. Outputs or scores that are not
-    finite are refused with the offending dataset ids.
+    finite are refused with the offending dataset ids. ``trainer.predict`` runs ``estimator`` on ``model`` for
+    every batch of ``loader``; ``inputs`` picks a batch's model input.
     """
     _check_provides(estimator, needs)
     top_k = RunningTopK(k)
@@ -325,6 +328,8 @@ def stream_metrics(
 
     Only the metrics' states are kept (a confusion matrix for mean IoU), never the probabilities of the
     whole set. Nothing is reduced across processes: each rank measures the loader it is given.
+    ``trainer.predict`` runs ``estimator`` on ``model`` for every batch of ``loader``; ``inputs`` picks a
+    batch's model input and ``targets`` its target.
     """
     task = estimator.task
     metrics: dict[str, Any] = {}

@@ -18,7 +18,10 @@ def bayesian_layers(model: nn.Module) -> list[_BayesLayer]:
 
 
 def set_sampling(model: nn.Module, sample: bool) -> nn.Module:
-    """Switch every Bayes layer of ``model`` to fresh weight draws (True) or to the posterior means (False)."""
+    """Switch every Bayes layer of ``model`` to fresh weight draws (``sample=True``) or to the posterior means (False).
+
+    Returns ``model``.
+    """
     if not isinstance(sample, bool):
         raise TypeError(f"Expected `sample` to be a bool, but got {type(sample).__name__}.")
     for layer in bayesian_layers(model):
@@ -83,7 +86,12 @@ def convert_to_bayesian(
 
     Args:
         model: the network; if it is itself a bare ``nn.Linear``/``nn.Conv2d``, the new layer is returned.
-        prior_sigma, prior, prior_pi, prior_sigma2, rho_init, sample: see `BayesLinear`.
+        prior_sigma: standard deviation of the Gaussian prior, or of the mixture's wide component.
+        prior: ``"gaussian"`` or ``"mixture"`` (see `BayesLinear`).
+        prior_pi: weight of the wide component in the mixture.
+        prior_sigma2: standard deviation of the mixture's narrow component.
+        rho_init: initial ``rho`` of every new layer.
+        sample: whether the new layers draw weights on each forward (False uses ``mu``).
 
     Returns:
         ``model`` (converted in place).

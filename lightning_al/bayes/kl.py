@@ -45,7 +45,12 @@ def kl_minibatch_weights(num_batches: int, kl_weighting: str = "uniform") -> Ten
     """The weights ``pi_i`` of the KL in minibatch ``i = 1..M`` of an epoch, float64 of shape ``(M,)``, summing to 1.
 
     ``"uniform"``: ``pi_i = 1 / M``. ``"blundell"``: ``pi_i = 2^(M - i) / (2^M - 1)``, evaluated as
-    ``2^-i / (1 - 2^-M)`` so that large ``M`` does not overflow (Blundell et al. 2015, §3.4).
+    ``2^-i / (1 - 2^-M)`` so that large ``M`` does not overflow (Blundell et al. 2015, "Weight Uncertainty in
+    Neural Networks", §3.4).
+
+    Args:
+        num_batches: ``M``, the minibatches of an epoch.
+        kl_weighting: ``"uniform"`` or ``"blundell"``.
     """
     check_int("num_batches", num_batches, 1)
     if kl_weighting == "uniform":

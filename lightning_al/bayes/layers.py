@@ -213,13 +213,17 @@ class BayesLinear(_BayesLayer):
     whole batch (as in the paper).
 
     Args:
-        in_features, out_features, bias: as `torch.nn.Linear`.
+        in_features: size of each input sample, as `torch.nn.Linear`.
+        out_features: size of each output sample, as `torch.nn.Linear`.
+        bias: learn a (Gaussian) bias, as `torch.nn.Linear`.
         prior: ``"gaussian"`` (closed-form KL) or ``"mixture"`` (Monte Carlo KL).
         prior_sigma: standard deviation of the Gaussian prior, or of the mixture's wide component.
         prior_pi: weight of the wide component in the mixture.
         prior_sigma2: standard deviation of the mixture's narrow component.
         rho_init: initial ``rho`` (``softplus(-5) ~ 0.0067``: the posterior starts nearly deterministic).
         sample: draw weights on each forward (default, also in eval mode); False uses ``mu``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
 
     Reference: Blundell et al. 2015, "Weight Uncertainty in Neural Networks".
     """
@@ -254,6 +258,7 @@ class BayesLinear(_BayesLayer):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(*, out_features)`` outputs of ``x`` ``(*, in_features)`` under one weight draw (or ``mu``)."""
         weight, bias = self._weights()
         return F.linear(x, weight, bias)
 
@@ -270,6 +275,25 @@ class BayesConv2d(_BayesLayer):
     Input ``(B, in_channels, H, W)``, output ``(B, out_channels, H', W')`` exactly as
     `torch.nn.Conv2d` with the same hyper-parameters. Prior and posterior arguments as
     `BayesLinear`.
+
+    Args:
+        in_channels: input channels, as `torch.nn.Conv2d`.
+        out_channels: output channels, as `torch.nn.Conv2d`.
+        kernel_size: as `torch.nn.Conv2d`.
+        stride: as `torch.nn.Conv2d`.
+        padding: an int, a pair, ``"same"`` (stride 1 only) or ``"valid"``, as `torch.nn.Conv2d`.
+        dilation: as `torch.nn.Conv2d`.
+        groups: as `torch.nn.Conv2d`; must divide both channel counts.
+        bias: learn a (Gaussian) bias.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``, as `torch.nn.Conv2d`.
+        prior_sigma: see `BayesLinear`.
+        prior: see `BayesLinear`.
+        prior_pi: see `BayesLinear`.
+        prior_sigma2: see `BayesLinear`.
+        rho_init: see `BayesLinear`.
+        sample: see `BayesLinear`.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
 
     Reference: Blundell et al. 2015, "Weight Uncertainty in Neural Networks".
     """
@@ -337,6 +361,7 @@ class BayesConv2d(_BayesLayer):
         return list(_reverse_repeat_tuple(self.padding, 2))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, out_channels, H', W')`` outputs of ``x`` ``(B, in_channels, H, W)`` under one weight draw."""
         weight, bias = self._weights()
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad_for_mode(), mode=self.padding_mode)

@@ -45,7 +45,7 @@ class ForgettingCallback(Callback):
     counts ``LongTensor[N, 4]``, where column ``2 * previous + current`` counts the presentations
     at which correctness went from ``previous`` (False before the first presentation) to
     ``current``, and the correctness at the last presentation ``BoolTensor[N]``. The statistics
-    derive from them::
+    derive from them:
 
         forgetting    = transitions[:, 2]                        (correct → incorrect)
         presentations = transitions.sum(dim=1)
@@ -327,7 +327,8 @@ def record_presentations(
     ``last_correct_N[i]`` if there is none: repeats of an id within a batch are all compared against
     the state before that batch. Then ``last_correct_N[i]`` becomes the correctness of the last
     presentation of ``i``. One stable sort by (id, batch) replaces a loop over batches; no host
-    synchronisation.
+    synchronisation. Shapes: ``transitions_N_4`` ``(N, 4)`` long, ``last_correct_N`` ``(N,)`` bool, ``ids_E`` and
+    ``correct_E`` ``(E,)`` with ``E = sum(batch_sizes)``.
     """
     if correct_E.dtype != torch.bool or correct_E.shape != ids_E.shape or sum(batch_sizes) != ids_E.shape[0]:
         raise ValueError(
@@ -398,7 +399,15 @@ def merge_rank_transitions(
     """Combine one epoch of per-rank transition counts (rank axis first) into the state every rank keeps.
 
     The ranks' increments are summed; ``last_correct`` follows `merge_rank_statistics`.
-    Returns ``(transitions_N_4, last_correct_N)``.
+
+    Args:
+        start_transitions_N_4: ``(N, 4)`` transition counts at the start of the epoch.
+        start_last_correct_N: ``(N,)`` bool correctness at the last presentation, at the start of the epoch.
+        transitions_delta_W_N_4: ``(W, N, 4)`` each rank's transition counts of this epoch.
+        last_correct_W_N: ``(W, N)`` each rank's correctness at its last presentation.
+
+    Returns:
+        ``(transitions_N_4, last_correct_N)``.
     """
     presented_W_N = transitions_delta_W_N_4.sum(dim=-1) > 0
     return (
@@ -419,6 +428,17 @@ def merge_rank_statistics(
     Increments of counts are summed; ``ever_correct`` is or-ed; ``last_correct`` is taken from
     the ranks that presented the sample this epoch (or-ed if several did, e.g. the padding
     ``DistributedSampler`` adds), and kept from ``start`` for samples nobody presented.
+
+    Args:
+        start: the ``(N,)`` statistics ``forgetting``, ``presentations``, ``last_correct`` and ``ever_correct``
+            at the start of the epoch.
+        forgetting_delta_W_N: ``(W, N)`` each rank's forgetting events of this epoch.
+        presentations_delta_W_N: ``(W, N)`` each rank's presentations of this epoch.
+        last_correct_W_N: ``(W, N)`` each rank's correctness at its last presentation.
+        ever_correct_W_N: ``(W, N)`` whether each rank has seen the sample correct.
+
+    Returns:
+        The four ``(N,)`` statistics, by name.
     """
     return {
         "forgetting": start["forgetting"] + forgetting_delta_W_N.sum(dim=0),

@@ -45,7 +45,8 @@ class LossPredictionHead(nn.Module):
 
     Each feature of shape ``(B, D_k)`` or ``(B, D_k, *spatial)`` is global-average-pooled over
     its spatial axes, mapped by ``Linear(D_k, hidden)`` and a ReLU; the ``K`` results are
-    concatenated and ``Linear(K * hidden, 1)`` gives the prediction, shape ``(B,)``.
+    concatenated and ``Linear(K * hidden, 1)`` gives the prediction, shape ``(B,)`` (the loss-prediction
+    module of Yoo & Kweon 2019, "Learning Loss for Active Learning").
 
     Args:
         in_dims: channel count ``D_k`` of each tapped feature, in order.
@@ -64,6 +65,7 @@ class LossPredictionHead(nn.Module):
         self.out = nn.Linear(hidden * len(self.in_dims), 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Predicted losses ``(B,)`` from ``features``, one ``(B, D_k, ...)`` tensor per tapped layer, in order."""
         if len(features) != len(self.branches):
             raise ValueError(f"Expected {len(self.branches)} features, but got {len(features)}.")
         pooled = []
@@ -86,7 +88,10 @@ def _as_tensor(output: Any) -> Tensor:
 
 
 def check_layers(model: nn.Module, layers: Sequence[str], arg: str = "layers") -> dict[str, nn.Module]:
-    """The modules of ``model`` named by ``layers``; a clear error lists the valid names otherwise."""
+    """The modules of ``model`` named by ``layers``; a clear error lists the valid names otherwise.
+
+    ``arg`` is the name of the argument that gave ``layers``, for the error message.
+    """
     modules = dict(model.named_modules())
     wrong = [name for name in layers if name not in modules]
     if wrong:
@@ -124,7 +129,8 @@ class LossPredictionCallback(RestoresTrainingStep):
     ``logits_layer``, by default the module itself) against ``trainer.datamodule.targets(batch)``
     (the second element of a tuple batch without a datamodule). The head is built on the first
     batch, once the feature sizes are known, on the features' device; the ranking loss is
-    logged as ``"loss_prediction_loss"`` and each epoch's mean is kept in ``epoch_losses``.
+    logged as ``"loss_prediction_loss"`` and each epoch's mean is kept in ``epoch_losses``
+    (Yoo & Kweon 2019, "Learning Loss for Active Learning", CVPR).
 
     Args:
         layers: names (``model.named_modules()``) of the layers whose outputs feed the head.

@@ -2,26 +2,25 @@ r"""Minimax active learning: minimax entropy on unlabelled data and a labelled/u
 
 Ebrahimi, Gan, Chen, Biamby, Salahi, Laielli, Zhu & Darrell 2021, "Minimax Active Learning"
 (arXiv:2012.10467), built on the minimax entropy of Saito et al. 2019 ("Semi-supervised Domain
-Adaptation via Minimax Entropy"). The task model is a feature encoder :math:`F` followed by a
-cosine classifier :math:`C` (`CosineClassifier`). Besides the cross-entropy on labelled
-data, on unlabelled data :math:`u` the classifier *maximises* and the encoder *minimises*
+Adaptation via Minimax Entropy"). The task model is a feature encoder `F` followed by a
+cosine classifier `C` (`CosineClassifier`). Besides the cross-entropy on labelled
+data, on unlabelled data `u` the classifier *maximises* and the encoder *minimises*
 
-.. math::
     \mathcal{L}_\text{Ent}(u) = -\sum_{k=1}^K p(y=k \mid u) \log p(y=k \mid u),
 
 which pulls the class prototypes towards the unlabelled features and clusters those features
 around the prototypes, shrinking the gap between labelled and unlabelled data. A discriminator
-:math:`D` learns to tell the (:math:`\ell_2`-normalised) encoder features of labelled samples
+`D` learns to tell the (`\ell_2`-normalised) encoder features of labelled samples
 from those of unlabelled ones, as in VAAL.
 
 What the model must provide. `MALCallback` trains the user's own LightningModule (with
 automatic optimisation) and needs only:
 
 - ``encoder_layer``: the name (``model.named_modules()``) of the module whose output is the
-  feature :math:`F(x)`, shape ``(B, D)`` (or ``(B, D, ...)``, flattened);
+  feature `F(x)`, shape ``(B, D)`` (or ``(B, D, ...)``, flattened);
 - a ``forward`` that returns the logits ``(B, K)`` computed from that feature; every layer
-  between the encoder's output and the logits plays the classifier :math:`C`. The paper's
-  :math:`C` is a `CosineClassifier` (a warning says when the model has none: entropy
+  between the encoder's output and the logits plays the classifier `C`. The paper's
+  `C` is a `CosineClassifier` (a warning says when the model has none: entropy
   maximisation on an unnormalised linear head can win by shrinking its weights);
 - a ``training_step`` that runs ``forward`` on the labelled batch (its features are captured
   there for the discriminator).
@@ -30,8 +29,8 @@ How it joins training. At ``on_fit_start`` the module's ``training_step`` is wra
 instance* (see `lightning_al.callbacks.step_patch.TrainingStepPatch`): after the user's
 step, a batch drawn from the unlabelled pool runs through ``forward`` with the gradient reversed
 at the encoder's output (`minimax_entropy`), and the step returns
-``loss - entropy_weight * H``. One backward pass then moves :math:`C` up the entropy and,
-through the reversal, :math:`F` down it. The discriminator is trained after each batch with its
+``loss - entropy_weight * H``. One backward pass then moves `C` up the entropy and,
+through the reversal, `F` down it. The discriminator is trained after each batch with its
 own Adam optimiser on detached features, so it never touches the model's optimiser, and the
 encoder is not trained to fool it: it only observes the features the minimax game shapes.
 """
@@ -61,7 +60,7 @@ if TYPE_CHECKING:
 
 
 class CosineClassifier(nn.Module):
-    r"""MAL's classifier :math:`C`: logits :math:`\frac{1}{T} \frac{w_k^\top f}{\|w_k\| \|f\|}`, no bias.
+    r"""MAL's classifier `C`: logits `\frac{1}{T} \frac{w_k^\top f}{\|w_k\| \|f\|}`, no bias.
 
     Inputs ``(B, D)`` (or ``(B, D, ...)``, flattened) → logits ``(B, K)`` in ``[-1/T, 1/T]``;
     see `lightning_al.functional.mal.cosine_logits`.
@@ -83,6 +82,7 @@ class CosineClassifier(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
 
     def forward(self, features: Tensor) -> Tensor:
+        """Logits ``(B, K)`` of ``features`` ``(B, D)`` (or ``(B, D, ...)``, flattened)."""
         return cosine_logits(features.flatten(1), self.weight, self.temperature)
 
     def extra_repr(self) -> str:
@@ -100,12 +100,19 @@ class _ReverseGradient(torch.autograd.Function):
 
 
 def reverse_gradient(x: Tensor) -> Tensor:
-    """Identity in the forward pass; the gradient is negated in the backward pass (Ganin & Lempitsky 2015)."""
+    """``x`` itself in the forward pass; its gradient is negated in the backward pass.
+
+    Reference: Ganin & Lempitsky 2015, "Unsupervised Domain Adaptation by Backpropagation" (ICML).
+    """
     return _ReverseGradient.apply(x)
 
 
 def entropy_of_logits(logits_B_K: Tensor) -> Tensor:
-    r"""Per-sample entropy :math:`-\sum_k p_k \log p_k` of ``softmax(logits)``, differentiable, in nats: ``(B,)``."""
+    r"""Per-sample entropy `-\sum_k p_k \log p_k` of ``softmax(logits_B_K)``, differentiable, in nats: ``(B,)``.
+
+    Args:
+        logits_B_K: ``(B, K)`` logits.
+    """
     log_p = torch.log_softmax(logits_B_K.float(), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
@@ -115,9 +122,9 @@ def minimax_entropy(model: nn.Module, encoder: nn.Module, inputs: Any) -> tuple[
 
     Returns ``(H, features)``: ``H`` the mean over the batch of `entropy_of_logits`, a
     scalar; ``features`` the encoder's output, detached and flattened, ``(B, D)``. Minimising
-    ``-weight * H`` makes the layers after ``encoder`` (the classifier) ascend :math:`H` and,
+    ``-weight * H`` makes the layers after ``encoder`` (the classifier) ascend `H` and,
     because the gradient changes sign at the encoder's output, the encoder descend it: the
-    :math:`\min_F \max_C \mathcal{L}_\text{Ent}` game in one backward pass.
+    `\min_F \max_C \mathcal{L}_\text{Ent}` game in one backward pass.
     """
     captured: list[Tensor] = []
 
@@ -141,7 +148,16 @@ def minimax_entropy(model: nn.Module, encoder: nn.Module, inputs: Any) -> tuple[
 
 
 def discriminator_loss(discriminator: nn.Module, labelled_B_D: Tensor, unlabelled_B_D: Tensor) -> Tensor:
-    """BCE of the discriminator on normalised features: labelled → 1, unlabelled → 0 (each batch averaged)."""
+    """BCE of the discriminator on normalised features: labelled → 1, unlabelled → 0 (each batch averaged).
+
+    Args:
+        discriminator: maps ``(B, D)`` features to ``(B,)`` logits of "labelled".
+        labelled_B_D: ``(B, D)`` encoder features of labelled samples (``ℓ2``-normalised here).
+        unlabelled_B_D: ``(B', D)`` encoder features of unlabelled samples.
+
+    Returns:
+        The scalar loss, the sum of both batches' mean BCE.
+    """
     logits_lab = discriminator(F.normalize(labelled_B_D.float(), dim=1))
     logits_unl = discriminator(F.normalize(unlabelled_B_D.float(), dim=1))
     return F.binary_cross_entropy_with_logits(
@@ -169,7 +185,7 @@ class MALCallback(RestoresTrainingStep):
     logged as ``mal_entropy`` and ``mal_discriminator_loss``.
 
     Args:
-        encoder_layer: name of the layer whose output is the feature :math:`F(x)`.
+        encoder_layer: name of the layer whose output is the feature `F(x)`.
         entropy_weight: λ, the weight of the unlabelled entropy in the model's loss.
         discriminator_hidden: hidden width of the discriminator.
         lr: Adam learning rate of the discriminator.
@@ -218,7 +234,10 @@ class MALCallback(RestoresTrainingStep):
 
     # ----- the discriminator -------------------------------------------------------------
     def build(self, feature_dim: int, device: torch.device | str = "cpu") -> None:
-        """(Re)create the discriminator and its optimiser for features of size ``feature_dim``, from ``seed``."""
+        """(Re)create the discriminator and its optimiser on ``device`` for features of size ``feature_dim``.
+
+        The weights are drawn from ``seed``; the global RNG is left as it was.
+        """
         with torch.random.fork_rng(devices=[]):  # the global CPU RNG is restored afterwards
             torch.manual_seed(self.seed)
             discriminator = Discriminator(feature_dim, self.discriminator_hidden)
@@ -226,7 +245,7 @@ class MALCallback(RestoresTrainingStep):
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr)
 
     def unlabelled_prob(self, features_B_D: Tensor) -> Tensor:
-        r"""``1 - D(f / ‖f‖)`` per sample, shape ``(B,)``: the discriminator's probability of "unlabelled"."""
+        r"""``1 - D(f / ‖f‖)`` for ``f = features_B_D`` ``(B, D)``: the probability of "unlabelled" ``(B,)``."""
         if self.discriminator is None:
             raise RuntimeError("Expected the MALCallback to have trained during a fit before scoring, but it has not.")
         self.discriminator.eval()

@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 def cyclic_cosine_factor(step: int, total_steps: int, cycles: int) -> float:
     r"""Learning-rate multiplier of the cyclic cosine schedule at ``step`` (0-based).
 
-    :math:`\tfrac12\bigl(\cos(\pi \cdot (t \bmod L) / L) + 1\bigr)` with cycle length
-    :math:`L = \lceil \text{total\_steps} / \text{cycles} \rceil` (Huang et al. 2017,
+    `\tfrac12\bigl(\cos(\pi \cdot (t \bmod L) / L) + 1\bigr)` with cycle length
+    `L = \lceil \text{total\_steps} / \text{cycles} \rceil` (Huang et al. 2017,
     "Snapshot Ensembles: Train 1, Get M for Free", eq. 2): 1 at the start of every cycle,
     annealed towards 0 at its end, where a snapshot is taken.
+
+    Args:
+        step: the optimiser step ``t``.
+        total_steps: the steps of the whole fit.
+        cycles: the number of cycles (and snapshots).
     """
     length = math.ceil(total_steps / cycles)
     return 0.5 * (math.cos(math.pi * (step % length) / length) + 1)
@@ -33,7 +38,8 @@ class SnapshotCallback(Callback):
     The base learning rate of every optimiser parameter group is multiplied by
     `cyclic_cosine_factor` before each step, so no other learning-rate scheduler
     should run alongside. After the fit, ``snapshots`` holds ``cycles`` state dicts
-    (fewer if the fit stopped early), the last one taken at the final step.
+    (fewer if the fit stopped early), the last one taken at the final step (Huang et al. 2017,
+    "Snapshot Ensembles: Train 1, Get M for Free").
 
     Args:
         cycles: number of cycles, hence of snapshots, per fit.

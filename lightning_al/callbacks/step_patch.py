@@ -38,6 +38,7 @@ class TrainingStepPatch:
         self.module = module
 
     def restore(self) -> None:
+        """Put back the module's own ``training_step`` (a no-op when nothing is installed)."""
         if self.module is None:
             return
         if self._shadowed is _NOT_SET:

@@ -31,8 +31,15 @@ if TYPE_CHECKING:
 def gaussian_kl(mu_B_L: Tensor, logvar_B_L: Tensor) -> Tensor:
     r"""KL divergence of ``N(mu, diag(exp(logvar)))`` from ``N(0, I)``, per sample, in nats.
 
-    :math:`\tfrac12 \sum_l \bigl(\mu_l^2 + e^{v_l} - 1 - v_l\bigr)` (Kingma & Welling 2014,
-    "Auto-Encoding Variational Bayes", appendix B). Shapes: ``(B, L)`` → ``(B,)``.
+    `\tfrac12 \sum_l \bigl(\mu_l^2 + e^{v_l} - 1 - v_l\bigr)` (Kingma & Welling 2014,
+    "Auto-Encoding Variational Bayes", appendix B).
+
+    Args:
+        mu_B_L: ``(B, L)`` means.
+        logvar_B_L: ``(B, L)`` log-variances ``v``.
+
+    Returns:
+        ``(B,)`` divergences.
     """
     return 0.5 * (mu_B_L.pow(2) + logvar_B_L.exp() - 1.0 - logvar_B_L).sum(dim=1)
 
@@ -82,13 +89,16 @@ class VAE(nn.Module):
         return x.flatten(1).float()
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, logvar)`` of the posterior, each ``(B, latent_dim)``, for inputs ``x`` ``(B, *input_shape)``."""
         mu_B_L, logvar_B_L = self.encoder(self.flatten(x)).chunk(2, dim=1)
         return mu_B_L, logvar_B_L
 
     def decode(self, z_B_L: Tensor) -> Tensor:
+        """The reconstruction ``(B, D)`` of latents ``z_B_L`` ``(B, latent_dim)``, flattened."""
         return self.decoder(z_B_L)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(reconstruction_B_D, mu_B_L, logvar_B_L)`` of ``x``, through a latent sampled with ``generator``."""
         mu_B_L, logvar_B_L = self.encode(x)
         eps_B_L = torch.randn(mu_B_L.shape, generator=generator, device=mu_B_L.device, dtype=mu_B_L.dtype)
         z_B_L = mu_B_L + (0.5 * logvar_B_L).exp() * eps_B_L
@@ -96,7 +106,12 @@ class VAE(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """MLP from a latent ``(B, L)`` to the logit ``(B,)`` of "this sample is labelled"."""
+    """MLP from a latent ``(B, L)`` to the logit ``(B,)`` of "this sample is labelled".
+
+    Args:
+        latent_dim: dimension ``L`` of the latent space.
+        hidden: width of the hidden layers.
+    """
 
     def __init__(self, latent_dim: int = 32, hidden: int = 64) -> None:
         super().__init__()
@@ -107,6 +122,7 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, z_B_L: Tensor) -> Tensor:
+        """The logits ``(B,)`` of "labelled" for latents ``z_B_L`` ``(B, L)``."""
         return self.net(z_B_L).squeeze(1)
 
 
@@ -122,9 +138,21 @@ def vae_loss(
     r"""The VAE's objective of VAAL (Sinha et al. 2019, eqs. 1–3) and its reconstruction part.
 
     For each of the labelled and unlabelled batches: squared error summed over features and
-    averaged over samples, plus :math:`\beta` times the mean `gaussian_kl`; plus
+    averaged over samples, plus `\beta` times the mean `gaussian_kl`; plus
     ``adversary_weight`` times the BCE that makes the discriminator call both batches'
-    :math:`\mu` "labelled" (target 1). Returns ``(total, reconstruction)``.
+    `\mu` "labelled" (target 1).
+
+    Args:
+        vae: the VAE being trained.
+        discriminator: the discriminator, whose gradients this loss also fills (zero them before its own step).
+        labelled: a batch of labelled inputs ``(B, *input_shape)``.
+        unlabelled: a batch of unlabelled inputs ``(B', *input_shape)``.
+        beta: weight of the KL term.
+        adversary_weight: weight of the adversarial term.
+        generator: source of the VAE's sampling noise.
+
+    Returns:
+        ``(total, reconstruction)``, two scalar tensors.
     """
     total = labelled.new_zeros(())
     reconstruction = labelled.new_zeros(())
@@ -140,7 +168,17 @@ def vae_loss(
 
 
 def discriminator_loss(vae: VAE, discriminator: Discriminator, labelled: Tensor, unlabelled: Tensor) -> Tensor:
-    """BCE of the discriminator on detached ``mu``: labelled → 1, unlabelled → 0 (each batch averaged)."""
+    """BCE of the discriminator on detached ``mu``: labelled → 1, unlabelled → 0 (each batch averaged).
+
+    Args:
+        vae: the VAE whose encoder means ``mu`` the discriminator reads (no gradient reaches it).
+        discriminator: the discriminator being trained.
+        labelled: a batch of labelled inputs ``(B, *input_shape)``.
+        unlabelled: a batch of unlabelled inputs ``(B', *input_shape)``.
+
+    Returns:
+        The scalar loss, the sum of both batches' mean BCE.
+    """
     with torch.no_grad():
         mu_lab, _ = vae.encode(labelled)
         mu_unl, _ = vae.encode(unlabelled)
@@ -223,7 +261,7 @@ class VAALCallback(Callback):
 
     # ----- modules -----------------------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> None:
-        """(Re)create the modules and optimisers for inputs of ``input_shape``, weights drawn from ``seed``."""
+        """(Re)create the modules and optimisers on ``device`` for inputs of ``input_shape``, weights from ``seed``."""
         with torch.random.fork_rng(devices=[]):  # the global CPU RNG is restored afterwards
             torch.default_generator.manual_seed(self.seed)
             vae = VAE(tuple(input_shape), self.latent_dim, self.hidden)

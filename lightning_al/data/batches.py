@@ -94,7 +94,10 @@ class IdDataset(Dataset):
 
 class CollatedItems(Sequence):
     """A batch fetched already collated (``columns``: one tensor ``(B, ...)`` per field) that reads as ``(item, id)``
-    pairs, so code expecting a list of items still works; `collate_with_ids` uses the columns as they are."""
+    pairs, so code expecting a list of items still works; `collate_with_ids` uses the columns as they are.
+
+    ``ids`` is the ``LongTensor[B]`` of the batch's dataset ids.
+    """
 
     def __init__(self, columns: tuple[Tensor, ...], ids: Tensor) -> None:
         self.columns, self.ids = columns, ids
@@ -109,10 +112,10 @@ class CollatedItems(Sequence):
 def collate_with_ids(
     items: Sequence[tuple[Any, int]], collate_fn: Callable[[list[Any]], Any] = default_collate
 ) -> IndexedTuple | IndexedDict:
-    """Collate ``(item, id)`` pairs with ``collate_fn`` (the user's, or ``default_collate``) into a batch with ``.ids``.
+    """Collate ``items``, ``(item, id)`` pairs, with ``collate_fn`` (the user's, or ``default_collate``) into a batch.
 
-    The batch ``collate_fn`` returns must be a tuple/list, a dict (e.g. a tokenizer's ``BatchEncoding``)
-    or a single tensor, so that the ids can ride along with it.
+    The batch carries the ids as ``.ids``, a ``LongTensor[B]``. The batch ``collate_fn`` returns must be a
+    tuple/list, a dict (e.g. a tokenizer's ``BatchEncoding``) or a single tensor, so that the ids can ride along.
     """
     if isinstance(items, CollatedItems) and collate_fn is default_collate:
         return with_ids(list(items.columns), items.ids)

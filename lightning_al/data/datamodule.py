@@ -230,14 +230,17 @@ class ActiveDataModule(namespace.LightningDataModule):
     # ----- pool view ---------------------------------------------------------------------
     @property
     def labelled_ids(self) -> Tensor:
+        """Dataset ids of the labelled samples, ascending."""
         return self.pool.labelled_ids
 
     @property
     def unlabelled_ids(self) -> Tensor:
+        """Dataset ids of the unlabelled pool, ascending."""
         return self.pool.unlabelled_ids
 
     @property
     def num_labelled(self) -> int:
+        """Number of labelled samples."""
         return self.pool.num_labelled
 
     def label(self, ids: Any, labels: Any, round: int | None = None) -> None:
@@ -299,10 +302,12 @@ class ActiveDataModule(namespace.LightningDataModule):
         self._pseudo_ids, self._pseudo_labels = ids, self.pool.check_labels(labels, ids)
 
     def clear_pseudo_labels(self) -> None:
+        """Drop the pseudo-labels of `set_pseudo_labels`: the next fits train on the labelled set only."""
         self._pseudo_ids = self._pseudo_labels = torch.empty(0, dtype=torch.long)
 
     @property
     def pseudo_labelled_ids(self) -> Tensor:
+        """Dataset ids of the pseudo-labelled samples (empty unless `set_pseudo_labels` was called)."""
         return self._pseudo_ids
 
     @property
@@ -357,11 +362,14 @@ class ActiveDataModule(namespace.LightningDataModule):
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move ``batch`` to ``device``, keeping its ``ids``."""
         return move_indexed_batch(batch, device)
 
     # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The pool's labelling state, under ``"pool"`` (see `ActivePool.state_dict`)."""
         return {"pool": self.pool.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the pool's labelling state from `state_dict`."""
         self.pool.load_state_dict(state_dict["pool"])

@@ -58,18 +58,20 @@ class ActivePool:
 
     @property
     def num_labelled(self) -> int:
+        """Number of labelled samples."""
         return int(self.labelled_mask.sum())
 
     @property
     def num_unlabelled(self) -> int:
+        """Number of unlabelled samples."""
         return self.size - self.num_labelled
 
     def check_known(self, ids: Any, name: str = "ids") -> Tensor:
-        """Return ``ids`` as a LongTensor after checking they index this pool's dataset."""
+        """Return ``ids`` as a LongTensor after checking they index this pool's dataset (errors call them ``name``)."""
         return as_dataset_ids(name, ids, self.size)
 
     def check_unlabelled(self, ids: Any, name: str = "ids") -> Tensor:
-        """Return ``ids`` as a LongTensor after checking they are known, unique and unlabelled."""
+        """Return ``ids`` as a LongTensor after checking they are known, unique and unlabelled (errors: ``name``)."""
         ids = self.check_known(ids, name)
         if ids.numel() == 0:
             return ids
@@ -97,7 +99,7 @@ class ActivePool:
         self.record(ids, self.check_labels(labels, ids), round)
 
     def record(self, ids: Tensor, labels: Tensor | list[Tensor], round: int) -> None:
-        """Store labels that `check_unlabelled` and `check_labels` already passed, at ``round``."""
+        """Store ``labels`` of ``ids`` that `check_unlabelled` and `check_labels` already passed, at ``round``."""
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"Expected `round` to be a non-negative int, but got {round!r}.")
         self.labels[ids] = labels
@@ -108,6 +110,8 @@ class ActivePool:
         return self.labels[index]
 
     def state_dict(self) -> dict[str, Any]:
+        """``size``, ``num_classes``, the task's repr, ``labelled_round`` ``(size,)`` and the labels in the task's
+        state form."""
         return {
             "size": self.size,
             "num_classes": self.num_classes,
@@ -117,6 +121,7 @@ class ActivePool:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` of a pool of the same size, classes and task; a `ValueError` otherwise."""
         missing = {"size", "labelled_round", "labels"} - set(state)
         if missing:
             raise ValueError(

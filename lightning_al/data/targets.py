@@ -67,8 +67,15 @@ def replace_target(item: Any, key: Key, label: Any) -> Any:
 def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1, task: Task | None = None) -> Tensor | list[Tensor]:
     """The targets of ``dataset`` at ``ids`` in the task's form (fast path for a ``TensorDataset``).
 
-    Single-label: ``LongTensor[k]``; multi-label: ``(k, L)``; segmentation: ``(k, H, W)`` masks (a list when
-    sizes differ).
+    Args:
+        dataset: a map-style dataset whose items carry their target.
+        ids: ``k`` dataset indices.
+        key: where the target sits in an item (tuple index or dict key).
+        task: the task that reads the labels; default ``MultiClass()``.
+
+    Returns:
+        Single-label: ``LongTensor[k]``; multi-label: ``(k, L)``; segmentation: ``(k, H, W)`` masks (a list when
+        sizes differ).
     """
     ids = as_dataset_ids("ids", ids, len(dataset))
     task = _task(task)
@@ -87,7 +94,11 @@ def dataset_targets(dataset: Dataset, ids: Any, key: Key = 1, task: Task | None 
 
 
 def input_of(batch: Any, key: Key = 0, what: str = "model input", argument: str = "input_key") -> Any:
-    """The field under ``key`` in a collated ``batch``: the model input, or with ``what="target"`` the target."""
+    """The field under ``key`` in a collated ``batch``: the model input, or with ``what="target"`` the target.
+
+    ``what`` and ``argument`` (the `ActiveDataModule` argument that sets ``key``) only word the error raised
+    when the field is missing.
+    """
     try:
         return batch[key]
     except (KeyError, IndexError, TypeError):

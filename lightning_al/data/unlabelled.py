@@ -15,6 +15,8 @@ from lightning_al.data.batches import move_indexed_batch
 class UnlabelledBatches:
     """Endless batches of model inputs from the unlabelled pool, reshuffled each pass with their own generator.
 
+    The shuffles come from a generator seeded with ``seed``; the global RNG is left alone.
+
     Under DDP, rank ``r`` of ``W`` draws from the pool positions ``r, r + W, ...`` only, so the ranks
     contribute different unlabelled samples to each averaged step (the whole pool when it has fewer
     than ``W`` samples).
@@ -32,7 +34,10 @@ class UnlabelledBatches:
         self._loader = self._iter = None
 
     def next(self, dm: Any, batch_size: int, device: torch.device) -> Any | None:
-        """The inputs of the next batch of ``dm``'s unlabelled pool on ``device``, or None if the pool is empty."""
+        """The inputs of the next batch (``batch_size`` samples at most) of ``dm``'s unlabelled pool on ``device``.
+
+        None if the pool is empty. The loader is built at the first call after `restart`.
+        """
         if self._loader is None:
             pool = dm.pool_dataloader()
             if len(pool.dataset) == 0:

@@ -70,12 +70,25 @@ class Estimator:
         return []
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """Compute the outputs named in ``needs`` for one batch of pool inputs.
+
+        Args:
+            model: the main model, already on the scoring device.
+            inputs: the batch's inputs (``B`` samples), as the pool's dataloader yields them.
+            needs: the output names to compute, a subset of ``provides``.
+
+        Returns:
+            One tensor per name in ``needs``, with first axis ``B``: e.g. ``probs`` ``(B, C)``, ``mc_probs``
+            ``(B, T, C)``, ``embeddings`` ``(B, D)``.
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
+        """The estimator's state between rounds (empty for a stateless estimator)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state returned by `state_dict`."""
         del state
 
 
@@ -100,6 +113,7 @@ class Softmax(Estimator):
         self.embedding_layer = embedding_layer
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``probs`` (``(B, C)`` by default), and ``embeddings`` ``(B, D)`` / ``grad_embeddings`` if needed."""
         model.eval()
         task = self.task
         if not needs & {EMBEDDINGS, GRAD_EMBEDDINGS}:

@@ -40,6 +40,14 @@ def scaled_keep_mask(
     ``r & bits``, which makes every bit 1 with probability ``q`` (one word per 64 elements per binary digit of
     ``q``: a single word for p = 0.5). The bits are then read out 8 at a time from a ``(256, 8)`` table,
     into ``workspace`` (a flat tensor of ``64 * ceil(numel / 64)`` elements of ``dtype``) when given.
+
+    Args:
+        shape: shape of the mask.
+        p: drop probability.
+        generator: source of the random words (on ``device``).
+        dtype: dtype of the result.
+        device: device of the result.
+        workspace: memory to write the result into, or None for a fresh tensor.
     """
     numerator, numel = keep_numerator(p), math.prod(shape)
     if numerator in (0, 1 << KEEP_BITS):

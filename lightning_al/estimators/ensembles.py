@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:
-    """Draw fresh initial weights for every submodule that has ``reset_parameters``, from ``seed``."""
+    """Draw fresh initial weights for every submodule of ``module`` that has ``reset_parameters``, from ``seed``.
+
+    ``module`` is changed in place and returned; the global RNG is left as it was.
+    """
     devices = {p.device for p in module.parameters()}
     with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]):
         torch.manual_seed(seed)
@@ -45,6 +48,10 @@ class Committee(Estimator):
     (see `Softmax` for ``embedding_layer``). With ``S = 1`` each member is run
     once, deterministically; with ``S > 1`` dropout stays on (a stochastic ensemble,
     Pop & Fulop 2018, "Deep Ensemble Bayesian Active Learning").
+
+    Args:
+        mc_samples_per_member: MC-dropout passes ``S`` per member (``> 1``: stochastic ensemble).
+        embedding_layer: see `Softmax`.
     """
 
     provides = frozenset({MC_PROBS, PROBS, EMBEDDINGS})
@@ -58,9 +65,11 @@ class Committee(Estimator):
         self._members = nn.ModuleList()
 
     def modules(self) -> list[nn.Module]:
+        """The extra members (an ``nn.ModuleList``)."""
         return [self._members]
 
     def bind(self, task: Task) -> None:
+        """Use ``task`` for the committee's members and embeddings too."""
         super().bind(task)
         self._embedder.bind(task)
         self._member_estimator.bind(task)
@@ -70,6 +79,7 @@ class Committee(Estimator):
         return list(self._members)
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``mc_probs`` ``(B, M · S, C)``, their mean ``probs`` ``(B, C)``, if needed the first member's embeddings."""
         per_member = []
         for member in self.members(model):
             out = self._member_estimator.predict(member, inputs, frozenset())
@@ -120,6 +130,7 @@ class DeepEnsemble(Committee):
         self.num_members, self.seed = members, seed
 
     def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        """Re-initialise and train members ``1..M-1`` from copies of ``model``."""
         self._members = nn.ModuleList()
         for m in range(1, self.num_members):
             member = reinitialise(copy.deepcopy(model), self.seed + m)
@@ -127,6 +138,7 @@ class DeepEnsemble(Committee):
             self._members.append(member.cpu())
 
     def members(self, model: nn.Module) -> list[nn.Module]:
+        """``model`` followed by the ``M - 1`` members trained this round."""
         if len(self._members) != self.num_members - 1:
             raise RuntimeError("Expected the ensemble members to be trained by the loop before scoring.")
         return [model, *self._members]
@@ -143,6 +155,7 @@ class SnapshotEnsemble(Committee):
     Args:
         cycles: number of learning-rate cycles, hence of members.
         mc_samples_per_member: MC-dropout passes per snapshot (``> 1``: stochastic ensemble).
+        embedding_layer: see `Softmax`.
     """
 
     def __init__(self, cycles: int = 5, mc_samples_per_member: int = 1, embedding_layer: str | None = None) -> None:
@@ -150,9 +163,11 @@ class SnapshotEnsemble(Committee):
         self.snapshot_callback = SnapshotCallback(cycles)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The `SnapshotCallback` that keeps the snapshots."""
         return [self.snapshot_callback]
 
     def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        """Make the members from this fit's snapshots (``train`` is unused)."""
         self._members = nn.ModuleList()
         for state in self.snapshot_callback.snapshots:
             member = copy.deepcopy(model).cpu()

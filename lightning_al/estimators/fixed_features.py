@@ -40,9 +40,11 @@ class FrozenEncoder(Estimator):
         self.encoder = encoder
 
     def modules(self) -> list[nn.Module]:
+        """The encoder."""
         return [self.encoder]
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``embeddings`` ``(B, D)`` from the encoder and/or ``probs`` ``(B, C)`` from ``model``, as ``needs`` asks."""
         out: dict[str, Tensor] = {}
         if EMBEDDINGS in needs:
             self.encoder.eval()
@@ -98,6 +100,7 @@ class PrecomputedEmbeddings(Estimator):
     def predict(
         self, model: nn.Module, inputs: Any, needs: frozenset[str], ids: Tensor | None = None
     ) -> dict[str, Tensor]:
+        """``embeddings`` ``(B, D)``, the table's rows ``ids`` ``(B,)``, and/or ``probs`` ``(B, C)`` from ``model``."""
         out: dict[str, Tensor] = {}
         if EMBEDDINGS in needs:
             if ids is None:

@@ -355,9 +355,11 @@ class MCDropout(Estimator):
 
     # ----- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The counts that seed the masks: `predict` calls (``"calls"``) and fits seen (``"fits"``)."""
         return {"calls": self.calls, "fits": self.fits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counts of `state_dict` (an int alone is read as ``calls``); drops cached masks."""
         counts = state if isinstance(state, dict) else {"calls": state}
         for name in ("calls", "fits"):
             value = counts.get(name, 0)
@@ -439,6 +441,8 @@ class MCDropout(Estimator):
 
     # ----- prediction ----------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``mc_probs`` ``(B, T, C)`` of ``T`` stochastic passes over the batch ``inputs`` and their mean ``probs``
+        ``(B, C)`` (the task's layout, see the class docstring)."""
         names = _named_dropout_layers(model)
         if not names:
             zero = [name for name, m in model.named_modules() if isinstance(m, _DROPOUT_TYPES)]

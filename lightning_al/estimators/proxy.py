@@ -38,12 +38,15 @@ class ProxyEstimator(Estimator):
         self._initial_state = copy.deepcopy(proxy.state_dict())
 
     def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
+        """Reset the proxy to its initial weights and fit it (then ``inner``) on the labelled set."""
         self.proxy.load_state_dict(self._initial_state)
         train(self.proxy, self.seed, **self.trainer_overrides)
         self.inner.fit(self.proxy, train)
 
     def modules(self) -> list[nn.Module]:
+        """The proxy and the modules of ``inner``."""
         return [self.proxy, *self.inner.modules()]
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """The outputs of ``inner`` on the proxy; ``model`` is unused."""
         return self.inner.predict(self.proxy, inputs, needs)

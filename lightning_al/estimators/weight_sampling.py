@@ -39,6 +39,7 @@ class BayesByBackprop(Estimator):
         self.mc_samples = mc_samples
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``mc_probs`` ``(B, T, C)`` of ``T`` weight draws and their mean ``probs`` ``(B, C)``."""
         layers = bayesian_layers(model)
         if not layers:
             raise ValueError(

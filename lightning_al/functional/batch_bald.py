@@ -7,15 +7,14 @@ Top-``k`` BALD scores every point alone, so a batch can fill up with near-duplic
 each look informative but teach the model the same thing. BatchBALD scores the *batch*:
 the mutual information between its joint labels and the model parameters,
 
-.. math::
     a(x_1, \dots, x_n) = H[y_1, \dots, y_n] - \sum_{i=1}^n \mathbb{E}_{p(w)} H[y_i \mid x_i, w],
 
-with :math:`p(w)` represented by ``T`` stochastic passes (MC dropout) or committee members,
-:math:`p(y_{1:n}) = \frac{1}{T} \sum_t \prod_i p_t(y_i \mid x_i)` (labels are independent
-given the parameters). Adding a point :math:`x` to a set :math:`A` adds
-:math:`H[y_x \mid y_A] - \mathbb{E}_t H[p_t(y_x)]`; conditioning never increases entropy, so
-this gain only shrinks as :math:`A` grows (:math:`a` is submodular). Greedy maximisation is
-therefore within :math:`1 - 1/e` of the best batch, and a candidate's gain at an earlier
+with `p(w)` represented by ``T`` stochastic passes (MC dropout) or committee members,
+`p(y_{1:n}) = \frac{1}{T} \sum_t \prod_i p_t(y_i \mid x_i)` (labels are independent
+given the parameters). Adding a point `x` to a set `A` adds
+`H[y_x \mid y_A] - \mathbb{E}_t H[p_t(y_x)]`; conditioning never increases entropy, so
+this gain only shrinks as `A` grows (`a` is submodular). Greedy maximisation is
+therefore within `1 - 1/e` of the best batch, and a candidate's gain at an earlier
 step bounds its gain now, which lets most candidates be skipped ("lazy" greedy).
 """
 
@@ -44,7 +43,7 @@ def _normalised64(probs_n_T_C: Tensor) -> Tensor:
 
 
 def _expected_entropy(probs_N_T_C: Tensor) -> Tensor:
-    r""":math:`\frac{1}{T}\sum_t H[p_t(y \mid x)]` per point, float64 of shape ``(N,)``, computed in chunks."""
+    r"""`\frac{1}{T}\sum_t H[p_t(y \mid x)]` per point, float64 of shape ``(N,)``, computed in chunks."""
     num_points, num_members, num_classes = probs_N_T_C.shape
     chunk = max(1, _CHUNK_ELEMENTS // (num_members * num_classes))
     out_N = torch.empty(num_points, dtype=torch.float64, device=probs_N_T_C.device)
@@ -55,7 +54,7 @@ def _expected_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def _entropy_totals(factor_T_M: Tensor, probs_n_T_C: Tensor) -> Tensor:
-    r""":math:`-\sum_{m,c} W \log W` per candidate, with :math:`W_{n,c,m} = \sum_t F_{t,m}\, p_t(c \mid x_n)`."""
+    r"""`-\sum_{m,c} W \log W` per candidate, with `W_{n,c,m} = \sum_t F_{t,m}\, p_t(c \mid x_n)`."""
     num_members, num_classes = probs_n_T_C.shape[1:]
     probs_nC_T = _normalised64(probs_n_T_C).transpose(1, 2).reshape(-1, num_members)
     table_nC_M = probs_nC_T @ factor_T_M
@@ -66,20 +65,19 @@ class _JointLabels:
     r"""Per-member probabilities of the chosen points' labels, and the entropy of one more label given them.
 
     *Exact* while there are at most ``num_samples`` label configurations: ``table_T_M`` holds
-    :math:`P_t(y_A) = \prod_{i \in A} p_t(y_i \mid x_i)` for every configuration
-    (``M = C^{|A|}``), and :math:`H[y_x \mid y_A] = H[y_A, y_x] - H[y_A]`.
+    `P_t(y_A) = \prod_{i \in A} p_t(y_i \mid x_i)` for every configuration
+    (``M = C^{|A|}``), and `H[y_x \mid y_A] = H[y_A, y_x] - H[y_A]`.
 
-    Then *sampled*: ``S = num_samples`` configurations :math:`\hat y^s` drawn from the
-    predictive :math:`p(y_A)` (a member :math:`t_s` uniformly, then each label from
-    :math:`p_{t_s}`; later points extend the draws from the same member, so they stay exact
+    Then *sampled*: ``S = num_samples`` configurations `\hat y^s` drawn from the
+    predictive `p(y_A)` (a member `t_s` uniformly, then each label from
+    `p_{t_s}`; later points extend the draws from the same member, so they stay exact
     draws of the growing joint). Importance weighting (the paper's appendix) gives
 
-    .. math::
         H[y_A, y_x] \approx -\frac{1}{S} \sum_s \sum_c \frac{p(\hat y^s, c)}{p(\hat y^s)} \log p(\hat y^s, c),
 
-    and with :math:`H[y_A] \approx -\frac{1}{S}\sum_s \log p(\hat y^s)` from the same draws the
-    difference is :math:`\frac{1}{S}\sum_s H[p(y_x \mid \hat y^s)]`, where
-    :math:`p(c \mid \hat y^s) = \sum_t q_{t,s}\, p_t(c)` with :math:`q_{t,s} \propto P_t(\hat y^s)`
+    and with `H[y_A] \approx -\frac{1}{S}\sum_s \log p(\hat y^s)` from the same draws the
+    difference is `\frac{1}{S}\sum_s H[p(y_x \mid \hat y^s)]`, where
+    `p(c \mid \hat y^s) = \sum_t q_{t,s}\, p_t(c)` with `q_{t,s} \propto P_t(\hat y^s)`
     normalised over members (so long batches cannot underflow).
     """
 
@@ -101,7 +99,7 @@ class _JointLabels:
         return self.table_T_M.shape[1] if self.table_T_M is not None else self.num_samples
 
     def conditional_entropies(self, probs_n_T_C: Tensor) -> Tensor:
-        r""":math:`H[y_x \mid y_A]` for each candidate ``x`` in the chunk, float64 ``(n,)``."""
+        r"""`H[y_x \mid y_A]` for each candidate ``x`` in the chunk, float64 ``(n,)``."""
         if self.table_T_M is not None:
             # p(y_A, c) = sum_t (P_t(y_A) / T) p_t(c)
             return _entropy_totals(self.table_T_M / self.num_members, probs_n_T_C) - self.table_entropy
@@ -146,9 +144,14 @@ def batchbald_with_gains(
     r"""Greedy BatchBALD picks and the acquisition value each pick adds.
 
     Same picks as `batchbald`, and also the marginal gains
-    :math:`a(x_{1:n}) - a(x_{1:n-1}) = H[y_n \mid y_{1:n-1}] - \frac{1}{T}\sum_t H[p_t(y_n)]`
+    `a(x_{1:n}) - a(x_{1:n-1}) = H[y_n \mid y_{1:n-1}] - \frac{1}{T}\sum_t H[p_t(y_n)]`
     (float64, shape ``(batch_size,)``, nats). The first gain is the first pick's BALD score,
-    the gains sum to :math:`a` of the whole batch, and (up to sampling noise) they do not increase.
+    the gains sum to `a` of the whole batch, and (up to sampling noise) they do not increase.
+    The arguments are those of `batchbald`: ``probs_N_T_C`` ``(N, T, C)``, ``batch_size``, ``num_samples``
+    and ``generator``.
+
+    Returns:
+        ``(picks, gains)``: ``LongTensor[batch_size]`` positions in greedy order and their float64 gains.
     """
     check_probs("probs_N_T_C", probs_N_T_C, ndim=3)
     batch_size = as_count("batch_size", batch_size)
@@ -203,24 +206,23 @@ def batchbald(
 ) -> Tensor:
     r"""BatchBALD batch acquisition: greedily maximise the joint mutual information of the batch.
 
-    At step :math:`n` pick the candidate :math:`x` maximising
+    At step `n` pick the candidate `x` maximising
 
-    .. math::
         a(x_1, \dots, x_{n-1}, x) = H[y_1, \dots, y_{n-1}, y_x]
             - \sum_{i \in \{1..n-1, x\}} \frac{1}{T} \sum_t H[p_t(y_i \mid x_i)],
 
-    where :math:`p(y_{1:n}) = \frac{1}{T}\sum_t \prod_i p_t(y_i \mid x_i)`. The joint entropy
+    where `p(y_{1:n}) = \frac{1}{T}\sum_t \prod_i p_t(y_i \mid x_i)`. The joint entropy
     is exact while the chosen points have at most ``num_samples`` label configurations
-    (:math:`C^{n-1}`); beyond that it is estimated by importance weighting from
+    (`C^{n-1}`); beyond that it is estimated by importance weighting from
     ``num_samples`` configurations drawn from the predictive with ``generator``. With
-    ``batch_size = 1`` this is the argmax of BALD, :math:`H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
+    ``batch_size = 1`` this is the argmax of BALD, `H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
 
     Candidates are visited in order of their last exactly computed gain, which bounds the
     current one (submodularity), and the step stops once no unvisited bound reaches the best
     value; in the exact regime this returns exactly the greedy picks. In the sampled regime a
     skipped candidate's *true* gain is below the best estimate, though its noisy estimate
     might not have been. Candidates go in chunks of about 8 MiB of float64 per temporary (at
-    least one candidate's :math:`C \cdot \min(C^{n-1}, S)` table), accumulating in float64.
+    least one candidate's `C \cdot \min(C^{n-1}, S)` table), accumulating in float64.
 
     Args:
         probs_N_T_C: softmax outputs of ``T`` stochastic passes or members, shape ``(N, T, C)``.

@@ -3,7 +3,7 @@ r"""Scores over ``T`` stochastic passes or committee members: the BALD family an
 Every kernel takes ``probs_N_T_C``: softmax outputs of ``N`` samples under ``T`` draws
 of the model (MC dropout passes, ensemble or committee members, posterior samples),
 over ``C`` classes. Every score is *higher = query first*, entropies are in nats, and
-:math:`0 \log 0 = 0`.
+`0 \log 0 = 0`.
 
 The sums are taken in float64 (float32 on MPS, which has no float64), a bounded number
 of rows at a time so the upcast copy stays small on big pools; the scores come back in
@@ -110,7 +110,7 @@ def _expected_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
-    r"""Entropy of the mean prediction :math:`H[\bar p]`, :math:`\bar p = \frac{1}{T}\sum_t p_t` ("Max Entropy").
+    r"""Entropy of the mean prediction `H[\bar p]`, `\bar p = \frac{1}{T}\sum_t p_t` ("Max Entropy").
 
     The ``(N, T, C)`` form of `lightning_al.functional.uncertainty.entropy`: high
     when the averaged prediction is uncertain, whatever the reason (Shannon 1948; Gal et
@@ -131,7 +131,7 @@ def predictive_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def expected_entropy(probs_N_T_C: Tensor) -> Tensor:
-    r"""Mean entropy of the members :math:`\frac{1}{T}\sum_t H[p_t]` (the aleatoric part of `predictive_entropy`).
+    r"""Mean entropy of the members `\frac{1}{T}\sum_t H[p_t]` (the aleatoric part of `predictive_entropy`).
 
     Args:
         probs_N_T_C: softmax outputs, shape ``(N, T, C)``.
@@ -148,7 +148,7 @@ def expected_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def bald(probs_N_T_C: Tensor) -> Tensor:
-    r"""BALD: the mutual information between the label and the model, :math:`H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
+    r"""BALD: the mutual information between the label and the model, `H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
 
     High when the members are individually confident but disagree with each other
     (epistemic uncertainty). Equal to `kl_to_consensus`; round-off below 0 is clamped
@@ -170,7 +170,7 @@ def bald(probs_N_T_C: Tensor) -> Tensor:
 
 
 def variation_ratio(probs_N_T_C: Tensor) -> Tensor:
-    r"""Variation ratio :math:`1 - f_m / T`, where :math:`f_m` counts the votes for the modal argmax class.
+    r"""Variation ratio `1 - f_m / T`, where `f_m` counts the votes for the modal argmax class.
 
     Each member votes for its argmax class (the lowest index among tied maxima). Freeman
     1965, "Elementary Applied Statistics"; Gal et al. 2017, "Deep Bayesian Active Learning
@@ -191,10 +191,10 @@ def variation_ratio(probs_N_T_C: Tensor) -> Tensor:
 
 
 def mean_std(probs_N_T_C: Tensor) -> Tensor:
-    r"""Mean over classes of the spread across members, :math:`\frac{1}{C}\sum_c \sqrt{E_t[p_c^2] - E_t[p_c]^2}`.
+    r"""Mean over classes of the spread across members, `\frac{1}{C}\sum_c \sqrt{E_t[p_c^2] - E_t[p_c]^2}`.
 
     The spread is the (population) standard deviation of each class probability over the
-    ``T`` members. Its variance is computed as :math:`E_t[(p_c - E_t p_c)^2]`: the same
+    ``T`` members. Its variance is computed as `E_t[(p_c - E_t p_c)^2]`: the same
     value, but never negative and free of the cancellation that leaves ~1e-8 of noise in
     the square root when members agree. Kampffmeyer, Salberg & Jenssen 2016, "Semantic
     Segmentation of Small Objects and Modeling of Uncertainty in Urban Remote Sensing
@@ -215,7 +215,7 @@ def mean_std(probs_N_T_C: Tensor) -> Tensor:
 
 
 def vote_entropy(probs_N_T_C: Tensor) -> Tensor:
-    r"""Entropy of the members' votes :math:`-\sum_c \frac{V_c}{T} \log \frac{V_c}{T}`, :math:`V_c` = votes for class c.
+    r"""Entropy of the members' votes `-\sum_c \frac{V_c}{T} \log \frac{V_c}{T}`, `V_c` = votes for class c.
 
     Each member votes for its argmax class (the lowest index among tied maxima). Dagan &
     Engelson 1995, "Committee-Based Sampling for Training Probabilistic Classifiers".
@@ -235,7 +235,7 @@ def vote_entropy(probs_N_T_C: Tensor) -> Tensor:
 
 
 def kl_to_consensus(probs_N_T_C: Tensor) -> Tensor:
-    r"""Mean KL divergence of each member from the consensus, :math:`\frac{1}{T}\sum_t KL(p_t \| \bar p)`.
+    r"""Mean KL divergence of each member from the consensus, `\frac{1}{T}\sum_t KL(p_t \| \bar p)`.
 
     Mathematically equal to `bald`; round-off below 0 is clamped to 0. McCallum &
     Nigam 1998, "Employing EM and Pool-Based Active Learning for Text Classification".

@@ -101,11 +101,11 @@ def weighted_kmeans(
 ) -> tuple[Tensor, Tensor]:
     r"""Lloyd's k-means with sample weights, seeded by weighted k-means++.
 
-    Minimises :math:`\sum_n w_n \min_k \|x_n - \mu_k\|^2`. Seeding draws the first centre
-    with probability :math:`\propto w_n` and each next one :math:`\propto w_n d_n^2`
-    (:math:`d_n`: distance to the nearest centre so far; Arthur & Vassilvitskii 2007). Each
+    Minimises `\sum_n w_n \min_k \|x_n - \mu_k\|^2`. Seeding draws the first centre
+    with probability `\propto w_n` and each next one `\propto w_n d_n^2`
+    (`d_n`: distance to the nearest centre so far; Arthur & Vassilvitskii 2007). Each
     Lloyd step assigns every point to its nearest centre (lowest index on ties) and moves
-    each centre to the weighted mean :math:`\mu_k = \sum_{n \in k} w_n x_n / \sum_{n \in k} w_n`.
+    each centre to the weighted mean `\mu_k = \sum_{n \in k} w_n x_n / \sum_{n \in k} w_n`.
     A cluster left with no weight is re-seeded, deterministically, at the positively weighted
     point farthest from its own centre (the next farthest for a second empty cluster, and
     so on). Iteration stops when the assignment repeats (then the centres are exactly the

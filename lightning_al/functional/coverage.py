@@ -2,19 +2,17 @@ r"""ProbCover: greedy maximum coverage of δ-balls, and the purity rule that cho
 
 Yehuda, Dekel, Hacohen & Weinshall 2022, "Active Learning Through a Covering Lens" (NeurIPS).
 In a good embedding space, points within distance δ of each other mostly share a label, so a
-labelled point "covers" its δ-ball :math:`B_\delta(x) = \{x' : \lVert x - x' \rVert_2 \le \delta\}`.
+labelled point "covers" its δ-ball `B_\delta(x) = \{x' : \lVert x - x' \rVert_2 \le \delta\}`.
 For a tiny budget, query the points that cover the most of the data:
 
-.. math::
     \max_{S \subseteq U,\ |S| = k}\ \Big|\bigcup_{x \in L \cup S} B_\delta(x)\Big|,
 
-solved greedily (within :math:`1 - 1/e` of the optimum): points covered by labelled ones start
+solved greedily (within `1 - 1/e` of the optimum): points covered by labelled ones start
 covered; each pick is the unlabelled point whose ball holds the most still-uncovered points.
 
 δ: the largest candidate whose *ball purity* reaches α (the paper: 0.95), where, with a k-means
 clustering of the embeddings into as many clusters as classes,
 
-.. math::
     \pi(\delta) = \frac{1}{N} \big|\{x : \text{every point of } B_\delta(x) \text{ is in } x\text{'s cluster}\}\big|.
 
 Memory: no ``N x N`` table or edge list is built. Ball sizes are counted in row blocks of at most
@@ -76,7 +74,7 @@ def probcover_greedy(
     as in the authors' code.
 
     Ball membership is ``‖x - y‖² <= δ²`` with float64 squared distances
-    :math:`\lVert x \rVert^2 - 2 x \cdot y + \lVert y \rVert^2` (clamped at 0); a gain is a count
+    `\lVert x \rVert^2 - 2 x \cdot y + \lVert y \rVert^2` (clamped at 0); a gain is a count
     maintained by subtraction, so a pair at δ within rounding could be judged differently in the
     count and in its update — gains are clamped at 0.
 
@@ -136,6 +134,13 @@ def nearest_other_cluster_distance(embeddings_N_D: Tensor, assignment_N: Tensor)
 
     A point's δ-ball is pure exactly when this distance exceeds δ. Float64, in row blocks.
 
+    Args:
+        embeddings_N_D: ``(N, D)`` points.
+        assignment_N: ``(N,)`` non-negative integer cluster id of every point.
+
+    Returns:
+        ``(N,)`` float64 distances.
+
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [4.0]])
         >>> nearest_other_cluster_distance(x, torch.tensor([0, 0, 1]))
@@ -157,7 +162,7 @@ def nearest_other_cluster_distance(embeddings_N_D: Tensor, assignment_N: Tensor)
 
 @torch.no_grad()
 def ball_purity(embeddings_N_D: Tensor, assignment_N: Tensor, deltas_M: Tensor) -> Tensor:
-    r"""Purity :math:`\pi(\delta)` for every candidate δ: the fraction of points whose δ-ball holds only their cluster.
+    r"""Purity `\pi(\delta)` for every candidate δ: the fraction of points whose δ-ball holds only their cluster.
 
     Args:
         embeddings_N_D: ``(N, D)`` points, ``N >= 1``.
@@ -198,10 +203,10 @@ def _purity(other_N: Tensor, deltas_M: Tensor) -> Tensor:
 def purity_delta(
     embeddings_N_D: Tensor, assignment_N: Tensor, alpha: float = 0.95, deltas_M: Tensor | None = None
 ) -> float:
-    r"""ProbCover's δ: the largest candidate with :math:`\pi(\delta) \ge \alpha` (Yehuda et al. 2022).
+    r"""ProbCover's δ: the largest candidate with `\pi(\delta) \ge \alpha` (Yehuda et al. 2022).
 
     Without ``deltas_M``, the candidates are 0 and the distinct distances to the nearest foreign
-    point, the only values where :math:`\pi` changes (a ball is closed, so at δ equal to a point's
+    point, the only values where `\pi` changes (a ball is closed, so at δ equal to a point's
     distance that point is impure); the result is then the largest such distance that keeps purity
     at least α. If no candidate reaches α, the smallest candidate is returned.
 

@@ -5,22 +5,21 @@ Networks: A Core-Set Approach" (ICLR). Choose ``k`` unlabelled points one at a t
 point farthest (Euclidean) from its nearest centre, where the centres are the labelled points
 plus those chosen so far:
 
-.. math::
     u = \arg\max_{i \notin S} \min_{j \in S} \lVert x_i - x_j \rVert, \qquad S \leftarrow S \cup \{u\}.
 
 This greedy farthest-first rule is a 2-approximation of the minimax covering radius.
 
 **BADGE** — Ash, Zhang, Krishnamurthy, Langford & Agarwal 2020, "Deep Batch Active Learning
 by Diverse, Uncertain Gradient Lower Bounds" (ICLR). Each point gets the gradient of the
-cross-entropy loss, under its own predicted label :math:`\hat y = \arg\max_c p_c`, with respect
-to the last linear layer's weight: :math:`g = (p - e_{\hat y}) \otimes h` (``h`` the penultimate
+cross-entropy loss, under its own predicted label `\hat y = \arg\max_c p_c`, with respect
+to the last linear layer's weight: `g = (p - e_{\hat y}) \otimes h` (``h`` the penultimate
 embedding). k-means++ seeding on these vectors picks points that are both uncertain (large
-:math:`\lVert g \rVert`) and mutually different.
+`\lVert g \rVert`) and mutually different.
 
 Neither kernel builds an ``N x N`` distance matrix or the ``(N, D * C)`` gradient embeddings.
 Both keep one running vector ``min_dist_N`` (squared distance to the nearest centre, float64)
 and update it once per pick at a cost of ``O(N * D)`` (k-center) or ``O(N * (D + C))`` (BADGE),
-using :math:`\lVert x - c \rVert^2 = \lVert x \rVert^2 - 2 x \cdot c + \lVert c \rVert^2` clamped
+using `\lVert x - c \rVert^2 = \lVert x \rVert^2 - 2 x \cdot c + \lVert c \rVert^2` clamped
 at 0. Dot products run in the input's precision (float32 stays float32, float64 stays float64);
 half-precision inputs (float16, bfloat16) stay half precision in memory and their products run in
 float32 on row chunks of ``_CHUNK_ELEMENTS`` entries, so a pool held in half precision never gets a
@@ -171,7 +170,7 @@ def kcenter_greedy(embeddings_N_D: Tensor, labelled_mask_N: Tensor, k: int) -> T
     centre (labelled points and earlier picks); ties go to the lower position.
 
     **No labelled point.** The first pick is the point farthest from the pool mean
-    :math:`\bar x = \frac{1}{N}\sum_i x_i` (ties → lower position); this is deterministic and
+    `\bar x = \frac{1}{N}\sum_i x_i` (ties → lower position); this is deterministic and
     starts from the edge of the data, as the later picks do.
 
     Memory: the inputs, a few ``(N,)`` vectors and one block of ``_CHUNK_ELEMENTS`` entries;
@@ -224,10 +223,15 @@ def kcenter_greedy(embeddings_N_D: Tensor, labelled_mask_N: Tensor, k: int) -> T
 
 @torch.no_grad()
 def covering_radius(embeddings_N_D: Tensor, centre_mask_N: Tensor) -> Tensor:
-    r""":math:`\max_i \min_{j \in S} \lVert x_i - x_j \rVert` for the centres ``S`` marked in ``centre_mask_N``.
+    r"""`\max_i \min_{j \in S} \lVert x_i - x_j \rVert` for the centres ``S`` marked in ``centre_mask_N``.
 
-    The quantity k-center greedy keeps small (Sener & Savarese 2018). Returns a float64 scalar;
-    computed in bounded blocks like `kcenter_greedy`.
+    The quantity k-center greedy keeps small (Sener & Savarese 2018, "Active Learning for Convolutional
+    Neural Networks: A Core-Set Approach"). Returns a float64 scalar; computed in bounded blocks like
+    `kcenter_greedy`.
+
+    Args:
+        embeddings_N_D: ``(N, D)`` points.
+        centre_mask_N: ``(N,)`` bool, ``True`` for the centres ``S``.
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [5.0], [10.0]])
@@ -250,23 +254,22 @@ def covering_radius(embeddings_N_D: Tensor, centre_mask_N: Tensor) -> Tensor:
 def badge(probs_N_C: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
     r"""k-means++ seeding on last-layer gradient embeddings (Ash et al. 2020), never materialised.
 
-    With :math:`a_i = p_i - e_{\hat y_i}` (:math:`\hat y_i = \arg\max_c p_{ic}`, first maximum on
-    ties) and :math:`g_i = a_i \otimes h_i` of size ``D * C``,
+    With `a_i = p_i - e_{\hat y_i}` (`\hat y_i = \arg\max_c p_{ic}`, first maximum on
+    ties) and `g_i = a_i \otimes h_i` of size ``D * C``,
 
-    .. math::
         \lVert g_i - g_j \rVert^2 = \lVert a_i \rVert^2 \lVert h_i \rVert^2 + \lVert a_j \rVert^2 \lVert h_j \rVert^2
             - 2 \langle a_i, a_j \rangle \langle h_i, h_j \rangle,
 
-    and :math:`\langle a_i, a_j \rangle = \langle p_i, p_j \rangle - p_{i \hat y_j} - p_{j \hat y_i}
+    and `\langle a_i, a_j \rangle = \langle p_i, p_j \rangle - p_{i \hat y_j} - p_{j \hat y_i}
     + [\hat y_i = \hat y_j]`, so one pick costs a product with ``probs`` and one with the embeddings.
 
-    Seeding: the first centre is the point with the largest :math:`\lVert g \rVert` (as in the
+    Seeding: the first centre is the point with the largest `\lVert g \rVert` (as in the
     authors' code; ties → lower position). Each further centre is drawn with probability
-    proportional to :math:`D(x)^2`, the squared distance to its nearest chosen centre, by
+    proportional to `D(x)^2`, the squared distance to its nearest chosen centre, by
     ``torch.multinomial(D², 1, generator=generator)`` (float64 weights). Chosen points have
-    :math:`D = 0`, so they never repeat. If every unchosen point has :math:`D = 0` (all remaining
+    `D = 0`, so they never repeat. If every unchosen point has `D = 0` (all remaining
     gradients coincide with centres), the next pick is, deterministically, the unchosen point with
-    the largest :math:`\lVert g \rVert` (ties → lower position).
+    the largest `\lVert g \rVert` (ties → lower position).
 
     Args:
         probs_N_C: ``(N, C)`` predictive probabilities of the unlabelled pool.
@@ -346,13 +349,13 @@ def _kmeans_pp_seeding(
 def badge_factored(
     residuals_N_R: Tensor, embeddings_N_D: Tensor, k: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    r"""BADGE's k-means++ seeding (see `badge`) on gradient embeddings :math:`g_i = r_i \otimes h_i`.
+    r"""BADGE's k-means++ seeding (see `badge`) on gradient embeddings `g_i = r_i \otimes h_i`.
 
     For any loss whose last-layer weight gradient factorises as a residual ``r`` (the gradient w.r.t. the
     logits under the hypothesised labels) times the layer input ``h``, e.g. binary cross-entropy over ``L``
-    labels, :math:`r = \sigma(z) - \hat y`; :math:`\lVert g_i - g_j \rVert^2` comes from
-    :math:`\langle r_i, r_j \rangle \langle h_i, h_j \rangle`, so ``g`` is never built. With ``R = 1`` and
-    :math:`r = 1`, ``embeddings_N_D`` are themselves the gradient embeddings.
+    labels, `r = \sigma(z) - \hat y`; `\lVert g_i - g_j \rVert^2` comes from
+    `\langle r_i, r_j \rangle \langle h_i, h_j \rangle`, so ``g`` is never built. With ``R = 1`` and
+    `r = 1`, ``embeddings_N_D`` are themselves the gradient embeddings.
 
     Args:
         residuals_N_R: ``(N, R)`` residuals.

@@ -18,7 +18,7 @@ def forgetting_counts(correct_E_N: Tensor) -> Tensor:
     A forgetting event is a transition from a correct prediction at one presentation to
     an incorrect one at the next (Toneva et al. 2019, "An Empirical Study of Example
     Forgetting during Deep Neural Network Learning"):
-    :math:`\sum_{e=1}^{E-1} [c_{e-1} \wedge \neg c_e]`. A sample that is never
+    `\sum_{e=1}^{E-1} [c_{e-1} \wedge \neg c_e]`. A sample that is never
     predicted correctly has no forgetting events (the paper ranks such "never learned"
     samples as forgotten infinitely often; see ``ForgettingCallback``).
 

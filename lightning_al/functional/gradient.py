@@ -4,16 +4,15 @@ Settles, Craven & Ray 2008, "Multiple-Instance Active Learning" (NeurIPS): query
 points whose label, were we told it, would change the model the most, measured by the
 norm of the training gradient expected under the model's own predictive distribution.
 
-For a last linear layer :math:`z = W h (+ b)` with softmax cross-entropy, the gradient
-of the loss for label :math:`y` is :math:`\nabla_W L^{(y)} = (p - e_y) h^\top` (and
-:math:`\nabla_b L^{(y)} = p - e_y`), an outer product, so its Frobenius norm factorises:
+For a last linear layer `z = W h (+ b)` with softmax cross-entropy, the gradient
+of the loss for label `y` is `\nabla_W L^{(y)} = (p - e_y) h^\top` (and
+`\nabla_b L^{(y)} = p - e_y`), an outer product, so its Frobenius norm factorises:
 
-.. math::
     \|\nabla_W L^{(y)}\| = \|p - e_y\| \, \|h\|, \qquad
     \|p - e_y\|^2 = \|p\|^2 - 2 p_y + 1,
 
-and :math:`\mathrm{EGL}(x) = \sum_y p(y \mid x)\, \|p - e_y\| \, \|h\|` costs
-:math:`O(C + D)` per point instead of ``C`` backward passes.
+and `\mathrm{EGL}(x) = \sum_y p(y \mid x)\, \|p - e_y\| \, \|h\|` costs
+`O(C + D)` per point instead of ``C`` backward passes.
 """
 
 from __future__ import annotations
@@ -27,11 +26,10 @@ from lightning_al.functional._checks import check_embeddings, check_probs
 def egl(probs_N_C: Tensor, embeddings_N_D: Tensor, bias: bool = False) -> Tensor:
     r"""Expected gradient length of the last linear layer under the model's predictive.
 
-    .. math::
         \mathrm{EGL}(x) = \sum_y p(y \mid x)\, \|p - e_y\|\, \sqrt{\|h\|^2 + [\text{bias}]}
 
-    where :math:`h` is the input of the last linear layer (the embedding). With
-    ``bias=True`` the layer's bias gradient :math:`p - e_y` joins the weight gradient, which
+    where `h` is the input of the last linear layer (the embedding). With
+    ``bias=True`` the layer's bias gradient `p - e_y` joins the weight gradient, which
     adds 1 under the square root. Accumulated in float64; returned in the dtype of
     ``probs_N_C``. (Settles, Craven & Ray 2008, "Multiple-Instance Active Learning".)
 

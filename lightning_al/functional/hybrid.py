@@ -79,17 +79,16 @@ def cal_scores(
 
     Margatina, Vernikos, Barrault & Aletras 2021, "Active Learning by Acquiring Contrastive
     Examples" (EMNLP). A *contrastive* candidate sits close to labelled points in embedding
-    space yet is predicted differently. For candidate :math:`x_p` with its ``k`` nearest
-    labelled neighbours :math:`x_l^{(1..k)}` (Euclidean distance between embeddings):
+    space yet is predicted differently. For candidate `x_p` with its ``k`` nearest
+    labelled neighbours `x_l^{(1..k)}` (Euclidean distance between embeddings):
 
-    .. math::
         s(x_p) = \frac{1}{k} \sum_{i=1}^{k} \mathrm{KL}\big(p(y \mid x_l^{(i)}) \,\|\, p(y \mid x_p)\big),
 
     the KL divergence from the *neighbour's* prediction to the *candidate's* (the direction
     of the paper). Probabilities are the model's predictions for both sets. Inside the log of
     the candidate's probabilities they are clamped to at least ``1e-12``, so a class the
     candidate rules out gives a large finite score instead of inf; terms with
-    :math:`p(y \mid x_l) = 0` contribute 0. When fewer than ``k`` points are labelled, all are
+    `p(y \mid x_l) = 0` contribute 0. When fewer than ``k`` points are labelled, all are
     used. Neighbours come from ``torch.topk`` on the distances; ties at the k-th distance go
     to the lower labelled positions. Pool rows are processed in
     chunks, so memory is ``O(chunk x M)``.
@@ -165,16 +164,15 @@ def max_cover_greedy(
     r"""Greedy maximisation of cosine representativeness (suggestive annotation).
 
     Yang, Zhang, Chen, Zhang & Chen 2017, "Suggestive Annotation: A Deep Active Learning
-    Framework for Biomedical Image Segmentation" (MICCAI). How well a set :math:`S` stands
-    in for a reference set :math:`R` is
+    Framework for Biomedical Image Segmentation" (MICCAI). How well a set `S` stands
+    in for a reference set `R` is
 
-    .. math::
         F(S) = \sum_{x \in R} \max_{s \in S} \cos(x, s),
 
     a monotone submodular (max-cover) function, so adding, one at a time, the candidate with
-    the largest gain :math:`F(S \cup \{c\}) - F(S)` is within :math:`1 - 1/e` of the best
-    set. A running vector :math:`m_x = \max_{s \in S} \cos(x, s)` makes each gain
-    :math:`\sum_x \max(0, \cos(x, c) - m_x)` cost :math:`O(|R|)`; candidates are processed in
+    the largest gain `F(S \cup \{c\}) - F(S)` is within `1 - 1/e` of the best
+    set. A running vector `m_x = \max_{s \in S} \cos(x, s)` makes each gain
+    `\sum_x \max(0, \cos(x, c) - m_x)` cost `O(|R|)`; candidates are processed in
     chunks. Rows are L2-normalised inside (an all-zero row has cosine 0 with everything).
     Ties go to the earlier entry of ``candidates_idx``. In the paper the candidates are the most uncertain pool
     images and the reference set is the whole pool.

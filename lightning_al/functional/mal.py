@@ -1,8 +1,8 @@
 r"""Kernels of minimax active learning (MAL): the cosine classifier and the acquisition score.
 
 Ebrahimi, Gan, Chen, Biamby, Salahi, Laielli, Zhu & Darrell 2021, "Minimax Active Learning"
-(arXiv:2012.10467). A feature encoder :math:`F` feeds an :math:`\ell_2`-normalised feature to
-a cosine classifier :math:`C` with temperature :math:`T`; the samples queried are "the highest
+(arXiv:2012.10467). A feature encoder `F` feeds an `\ell_2`-normalised feature to
+a cosine classifier `C` with temperature `T`; the samples queried are "the highest
 entropy samples from the classifier that the discriminator predicts as unlabeled".
 """
 
@@ -22,17 +22,17 @@ _NORM_EPS = 1e-12
 
 
 def cosine_logits(features_B_D: Tensor, weight_C_D: Tensor, temperature: float) -> Tensor:
-    r"""Logits of a cosine classifier: :math:`\frac{1}{T}\,\frac{w_c^\top f}{\|w_c\|\,\|f\|}`.
+    r"""Logits of a cosine classifier: `\frac{1}{T}\,\frac{w_c^\top f}{\|w_c\|\,\|f\|}`.
 
     Each logit is the cosine similarity between the feature and a class prototype (a row of
-    the weight), divided by the temperature :math:`T`, so every logit lies in
-    :math:`[-1/T, 1/T]` (Saito et al. 2019, "Semi-supervised Domain Adaptation via Minimax
-    Entropy", eq. 1; MAL's classifier :math:`C`).
+    the weight), divided by the temperature `T`, so every logit lies in
+    `[-1/T, 1/T]` (Saito et al. 2019, "Semi-supervised Domain Adaptation via Minimax
+    Entropy", eq. 1; MAL's classifier `C`).
 
     Args:
-        features_B_D: features :math:`f`, shape ``(B, D)``.
-        weight_C_D: class prototypes :math:`w_c`, shape ``(C, D)``.
-        temperature: :math:`T > 0`.
+        features_B_D: features `f`, shape ``(B, D)``.
+        weight_C_D: class prototypes `w_c`, shape ``(C, D)``.
+        temperature: `T > 0`.
 
     Returns:
         Logits of shape ``(B, C)``.
@@ -60,15 +60,14 @@ def cosine_logits(features_B_D: Tensor, weight_C_D: Tensor, temperature: float) 
 def mal_score(probs_N_C: Tensor, unlabelled_prob_N: Tensor, threshold: float = 0.5) -> Tensor:
     r"""MAL acquisition score: entropy, for the samples the discriminator calls unlabelled first.
 
-    With :math:`H(x) = -\sum_c p_c \log p_c` the classifier's entropy and :math:`u(x)` the
-    discriminator's probability that :math:`x` is unlabelled,
+    With `H(x) = -\sum_c p_c \log p_c` the classifier's entropy and `u(x)` the
+    discriminator's probability that `x` is unlabelled,
 
-    .. math::
         s(x) = H(x) - \mathbb{1}[u(x) < \tau]\,(\log C + 1).
 
-    Since :math:`0 \le H \le \log C`, every sample with :math:`u \ge \tau` (the discriminator
+    Since `0 \le H \le \log C`, every sample with `u \ge \tau` (the discriminator
     predicts "unlabelled": it is unlike the labelled set, the diversity criterion) ranks above
-    every sample with :math:`u < \tau`, and within each group the higher entropy (the
+    every sample with `u < \tau`, and within each group the higher entropy (the
     uncertainty criterion) ranks first. The top ``k`` are thus the highest-entropy samples the
     discriminator predicts as unlabelled (the rule the paper's abstract states), topped up, when
     fewer than ``k`` are, by the highest-entropy rest. A candidate's score is its entropy in
@@ -76,8 +75,8 @@ def mal_score(probs_N_C: Tensor, unlabelled_prob_N: Tensor, threshold: float = 0
 
     Args:
         probs_N_C: the classifier's softmax outputs, shape ``(N, C)``.
-        unlabelled_prob_N: :math:`u = 1 - D(F(x))`, shape ``(N,)``, in ``[0, 1]``.
-        threshold: :math:`\tau \in [0, 1]`; the paper's "predicts as unlabelled" is :math:`\tau = 0.5`.
+        unlabelled_prob_N: `u = 1 - D(F(x))`, shape ``(N,)``, in ``[0, 1]``.
+        threshold: `\tau \in [0, 1]`; the paper's "predicts as unlabelled" is `\tau = 0.5`.
 
     Returns:
         Scores of shape ``(N,)`` (float64), higher = query first.

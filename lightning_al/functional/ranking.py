@@ -17,21 +17,20 @@ def loss_prediction_ranking_loss(predicted_B: Tensor, target_B: Tensor, margin: 
 
     The batch is split into ``B // 2`` pairs, sample ``i`` with sample ``B - 1 - i`` (the
     first half against the reversed second half; the middle sample of an odd batch is
-    left out). For each pair :math:`(i, j)`:
+    left out). For each pair `(i, j)`:
 
-    .. math::
         \max\bigl(0,\; -A(l_i, l_j)\,(\hat l_i - \hat l_j) + \xi\bigr), \qquad
         A(l_i, l_j) = \begin{cases} +1 & l_i > l_j \\ -1 & \text{otherwise} \end{cases}
 
-    with :math:`\xi` = ``margin``, averaged over the pairs. Ties (:math:`l_i = l_j`) count
-    as :math:`A = -1`, as in the paper. ``target_B`` is detached: no gradient reaches the
+    with `\xi` = ``margin``, averaged over the pairs. Ties (`l_i = l_j`) count
+    as `A = -1`, as in the paper. ``target_B`` is detached: no gradient reaches the
     target losses. A batch with fewer than two samples has no pair and gives a zero loss
     (still connected to ``predicted_B``'s graph).
 
     Args:
-        predicted_B: predicted losses :math:`\hat l`, shape ``(B,)``.
-        target_B: true per-sample losses :math:`l`, shape ``(B,)``.
-        margin: the margin :math:`\xi \ge 0`.
+        predicted_B: predicted losses `\hat l`, shape ``(B,)``.
+        target_B: true per-sample losses `l`, shape ``(B,)``.
+        margin: the margin `\xi \ge 0`.
 
     Returns:
         A scalar tensor in the dtype of ``predicted_B``.

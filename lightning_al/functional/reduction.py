@@ -2,8 +2,8 @@ r"""From per-unit scores to one score per sample: the units are the labels of a 
 pixels of a segmented image.
 
 A multi-label sample is ``L`` independent Bernoulli variables, so every categorical kernel applies to each
-label's two-class distribution :math:`(1 - p_l, p_l)` (`bernoulli_as_categorical`): the entropy
-becomes the binary entropy :math:`-p \log p - (1 - p) \log (1 - p)`, BALD the Bernoulli mutual
+label's two-class distribution `(1 - p_l, p_l)` (`bernoulli_as_categorical`): the entropy
+becomes the binary entropy `-p \log p - (1 - p) \log (1 - p)`, BALD the Bernoulli mutual
 information. A segmented image is ``H × W`` categorical variables. `reduce_units` then combines the
 ``U`` unit scores of a sample into one (Kampffmeyer et al. 2016 and Yang et al. 2017 average per-pixel
 uncertainty over the image).
@@ -20,9 +20,12 @@ REDUCTIONS = ("sum", "mean", "max", "topk_mean")
 
 
 def bernoulli_as_categorical(probs_N_L: Tensor) -> Tensor:
-    r"""``probs_N_L_2``: each label's Bernoulli probability :math:`p` as the distribution :math:`(1 - p, p)`.
+    r"""``probs_N_L_2``: each label's Bernoulli probability `p` as the distribution `(1 - p, p)`.
 
     Works on any shape: the two-class axis is appended last (``(N, T, L)`` → ``(N, T, L, 2)``).
+
+    Args:
+        probs_N_L: ``(N, L)`` (or any shape) Bernoulli probabilities.
 
     Example:
         >>> bernoulli_as_categorical(torch.tensor([[0.25, 1.0]]))
@@ -39,8 +42,8 @@ def reduce_units(
 ) -> Tensor:
     r"""One score per sample from the scores of its ``U`` units, over the valid units only.
 
-    - ``"sum"``: :math:`\sum_u s_u`; ``"mean"``: :math:`\frac{1}{|V|}\sum_{u \in V} s_u`;
-    - ``"max"``: :math:`\max_{u \in V} s_u`;
+    - ``"sum"``: `\sum_u s_u`; ``"mean"``: `\frac{1}{|V|}\sum_{u \in V} s_u`;
+    - ``"max"``: `\max_{u \in V} s_u`;
     - ``"topk_mean"``: the mean of the ``min(top_k, |V|)`` largest valid scores.
 
     A sample without a valid unit scores 0 (it has nothing to learn from), so it is queried last among

@@ -2,16 +2,15 @@ r"""Typicality and TypiClust: the densest point of each uncovered cluster, for t
 
 Hacohen, Dekel & Weinshall 2022, "Active Learning on a Budget: Opposite Strategies Suit High and
 Low Budgets" (ICML). With only a few labels, querying *typical* points (dense regions of the
-data) beats querying uncertain ones. The typicality of a point :math:`x` among points :math:`X` is
-the inverse mean distance to its :math:`K` nearest neighbours in :math:`X` (itself excluded):
+data) beats querying uncertain ones. The typicality of a point `x` among points `X` is
+the inverse mean distance to its `K` nearest neighbours in `X` (itself excluded):
 
-.. math::
     \mathrm{Typicality}(x) = \Big(\frac{1}{K} \sum_{x_i \in \mathrm{KNN}_K(x)} \lVert x - x_i \rVert_2\Big)^{-1}.
 
-TypiClust clusters all points (labelled and not) with k-means into :math:`|L| + B` clusters, then,
+TypiClust clusters all points (labelled and not) with k-means into `|L| + B` clusters, then,
 once per query slot, takes the cluster holding the fewest labelled points (ties → the largest
 cluster) and queries its most typical unlabelled point, computed inside that cluster with
-:math:`K = \min(20, |\text{cluster}| - 1)`.
+`K = \min(20, |\text{cluster}| - 1)`.
 
 Memory: no ``N x N`` table is built. Typicality runs in row blocks of at most ``_CHUNK_ELEMENTS``
 (rows x points) float64 entries, ``O(block + N * D)`` beyond the inputs; it is computed only for the
@@ -37,7 +36,7 @@ _CHUNK_ELEMENTS = 2**20
 def typicality(embeddings_N_D: Tensor, k_neighbours: int = 20) -> Tensor:
     r"""Inverse mean Euclidean distance to the ``K = min(k_neighbours, N - 1)`` nearest other points.
 
-    Distances are float64, from :math:`\lVert x \rVert^2 - 2 x \cdot y + \lVert y \rVert^2` clamped at 0,
+    Distances are float64, from `\lVert x \rVert^2 - 2 x \cdot y + \lVert y \rVert^2` clamped at 0,
     in row blocks (memory ``O(block)``, time ``O(N^2 D)``). A point whose ``K`` neighbours all coincide
     with it gets ``inf``; a lone point (``N = 1``, no neighbour) gets ``0``.
 
@@ -194,7 +193,8 @@ def typiclust(
         labelled_mask_N: ``(N,)`` bool, ``True`` for labelled points.
         k: number of picks, in ``[1, number of unlabelled points]``.
         max_clusters: cap on the number of clusters, at least 1.
-        k_neighbours, min_cluster_size: see `typiclust_from_clusters`.
+        k_neighbours: neighbours of the typicality (see `typiclust_from_clusters`).
+        min_cluster_size: clusters below this size are deferred (see `typiclust_from_clusters`).
         n_iter: maximum Lloyd steps of k-means.
         generator: randomness of the k-means++ seeding.
 

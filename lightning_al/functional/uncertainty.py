@@ -12,7 +12,8 @@ from lightning_al.functional._checks import check_probs
 
 
 def least_confidence(probs_N_C: Tensor) -> Tensor:
-    r"""Least-confidence score :math:`1 - \max_c p(c \mid x)`.
+    r"""Least-confidence score `1 - \max_c p(c \mid x)` (Lewis & Gale 1994, "A Sequential Algorithm for
+    Training Text Classifiers").
 
     Args:
         probs_N_C: softmax outputs, shape ``(N, C)``.
@@ -29,10 +30,11 @@ def least_confidence(probs_N_C: Tensor) -> Tensor:
 
 
 def margin(probs_N_C: Tensor) -> Tensor:
-    r"""Margin score :math:`1 - (p_{(1)} - p_{(2)})` from the two largest class probabilities.
+    r"""Margin score `1 - (p_{(1)} - p_{(2)})` from the two largest class probabilities.
 
     Small margins between the best and second-best class mean the model is torn between
-    them (Scheffer et al. 2001), so they score high.
+    them, so they score high (Scheffer, Decomain & Wrobel 2001, "Active Hidden Markov Models for
+    Information Extraction").
 
     Args:
         probs_N_C: softmax outputs, shape ``(N, C)`` with ``C >= 2``.
@@ -52,7 +54,7 @@ def margin(probs_N_C: Tensor) -> Tensor:
 
 
 def entropy(probs_N_C: Tensor) -> Tensor:
-    r"""Predictive entropy :math:`-\sum_c p_c \log p_c` in nats (Shannon 1948), with :math:`0 \log 0 = 0`.
+    r"""Predictive entropy `-\sum_c p_c \log p_c` in nats (Shannon 1948), with `0 \log 0 = 0`.
 
     Args:
         probs_N_C: softmax outputs, shape ``(N, C)``.

@@ -76,6 +76,8 @@ class LabelStudioClient:
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None) -> Any:
         """``method path`` with the token; returns the decoded JSON answer (None when empty).
 
+        ``params`` go into the query string, ``json`` is sent as the JSON body.
+
         Raises:
             LabelStudioError: naming the URL and what failed (unreachable, timeout, 401/403, other status).
         """

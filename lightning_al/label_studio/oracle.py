@@ -197,13 +197,16 @@ class LabelStudioOracle:
 
     # ----- the project ---------------------------------------------------------------------
     def labelling_config(self, multiple: bool) -> str:
-        """The project's labelling config: the sample, its id, and the class choices."""
+        """The project's labelling config: the sample, its id, and the class choices (several with ``multiple``)."""
         tag = "Image" if self.input == "image" else "Text"
         shown = f'<Header value="Sample $dataset_id (score $score)"/>\n  <{tag} name="sample" value="${self.input}"/>'
         return label_studio_config(self.class_names, multiple, shown=shown, to_name="sample")
 
     def project_id(self, multiple: bool = False) -> int:
-        """The project's id: the given one, or the project titled ``project`` (created when missing)."""
+        """The project's id: the given one, or the project titled ``project``.
+
+        A missing project is created with the config of `labelling_config` (several choices with ``multiple``).
+        """
         if self._project_id is not None:
             return self._project_id
         if isinstance(self.project, int):
@@ -302,7 +305,11 @@ class LabelStudioOracle:
         return task
 
     def push(self, query: Query, ids: list[int], form: LabelForm) -> int:
-        """Create the tasks of ``query`` the project lacks; returns how many were created."""
+        """Create the tasks of ``query`` the project lacks; returns how many were created.
+
+        ``ids`` are the queried dataset ids (``query.ids`` as a list) and ``form`` the task's `LabelForm`, which
+        turns the model's predictions into the tasks' suggestions.
+        """
         project = self.project_id(form.multiple)
         suggestions: list[Any] = [None] * len(ids)
         if query.predicted is not None:

@@ -25,6 +25,12 @@ class Selection:
 
     ``pseudo_ids``/``pseudo_labels`` optionally name unlabelled samples to train on with
     model-given labels in the next fit only (CEAL); the pool never records them.
+
+    Attributes:
+        ids: ``LongTensor[k]`` dataset ids, in query order.
+        scores: ``(k,)`` acquisition scores of ``ids``, or None.
+        pseudo_ids: ``LongTensor[m]`` dataset ids of pseudo-labelled samples, or None.
+        pseudo_labels: ``(m,)`` their labels (class indices), or None.
     """
 
     ids: Tensor
@@ -34,6 +40,15 @@ class Selection:
 
 
 def check_query_size(k: Any, available: int) -> int:
+    """Validate a query size: ``k`` as an int in ``[1, available]``, else a `ValueError`.
+
+    Args:
+        k: the requested number of samples to query.
+        available: the number of unlabelled samples scored.
+
+    Returns:
+        ``k`` as an ``int``.
+    """
     k = as_count("k", k)
     if not 1 <= k <= available:
         raise ValueError(f"Expected `k` to be in [1, {available}] (the unlabelled samples scored), but got {k}.")
@@ -59,6 +74,17 @@ class Strategy:
     streamable: bool = False
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """Choose the ``k`` samples to query from the scored pool.
+
+        Args:
+            outputs: the pool's outputs named in ``requires`` (``N`` samples), plus ``outputs.labelled``
+                when ``requires_labelled`` is set.
+            k: the query size, in ``[1, N]``.
+            generator: the source of all randomness of the selection.
+
+        Returns:
+            The ``k`` dataset ids to label, highest priority first, with their scores if any.
+        """
         raise NotImplementedError
 
     def requires_for(self, task: Task) -> frozenset[str]:
@@ -79,9 +105,11 @@ class Strategy:
         return []
 
     def state_dict(self) -> dict[str, Any]:
+        """The strategy's state between rounds (empty for a stateless strategy)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state returned by `state_dict`."""
         del state
 
     def __repr__(self) -> str:
@@ -103,6 +131,7 @@ class ScoreStrategy(Strategy):
 
     @property
     def streamable(self) -> bool:  # type: ignore[override]
+        """Whether the loop may score the pool batch by batch (see the class docstring)."""
         return (
             self.per_sample
             and bool(self.requires)
@@ -119,6 +148,7 @@ class ScoreStrategy(Strategy):
         return self.score(outputs)
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """The ``k`` samples with the highest `score`, highest first, with their scores."""
         check_query_size(k, len(outputs))
         scores = self.score(outputs)
         picked = topk_select(scores, k)
@@ -134,10 +164,13 @@ class CallbackScoreStrategy(ScoreStrategy):
     callback: pl.Callback
 
     def callbacks(self) -> list[pl.Callback]:
+        """The strategy's own callback, ``[self.callback]``."""
         return [self.callback]
 
     def state_dict(self) -> dict[str, Any]:
+        """The callback's state, under ``"callback"``."""
         return {"callback": self.callback.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the callback's state from `state_dict`."""
         self.callback.load_state_dict(state["callback"])

@@ -42,6 +42,7 @@ class BatchBALD(Strategy):
         self.estimator = estimator
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """The greedy BatchBALD batch of ``k`` ids, with the acquisition value each pick adds as scores."""
         k = check_query_size(k, len(outputs))
         picks, gains = batchbald_with_gains(outputs[MC_PROBS], k, num_samples=self.num_samples, generator=generator)
         return Selection(ids=outputs.ids[picks.to(outputs.ids.device)], scores=gains)

@@ -81,6 +81,11 @@ class BALD(_MCProbsStrategy):
     mutual information of each label, summed; segmentation: per pixel, reduced per image. Houlsby et al.
     2011, "Bayesian Active Learning for Classification and Preference Learning"; Gal, Islam
     & Ghahramani 2017, "Deep Bayesian Active Learning with Image Data".
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"`` ``(N, T, C)``.
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
@@ -92,6 +97,11 @@ class VariationRatios(_MCProbsStrategy):
 
     Freeman 1965, "Elementary Applied Statistics"; Gal et al. 2017, "Deep Bayesian Active
     Learning with Image Data".
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"`` ``(N, T, C)``.
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
@@ -104,6 +114,11 @@ class MeanSTD(_MCProbsStrategy):
     Kampffmeyer, Salberg & Jenssen 2016, "Semantic Segmentation of Small Objects and
     Modeling of Uncertainty in Urban Remote Sensing Images Using Deep Convolutional Neural
     Networks".
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"`` ``(N, T, C)``.
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
@@ -113,8 +128,13 @@ class MeanSTD(_MCProbsStrategy):
 class MaxEntropy(_MCProbsStrategy):
     """Query the highest entropy of the averaged prediction, ``H[mean_t p_t]``.
 
-    Shannon 1948; the "Max Entropy" acquisition of Gal et al. 2017, "Deep Bayesian Active
-    Learning with Image Data".
+    Shannon 1948, "A Mathematical Theory of Communication"; the "Max Entropy" acquisition of Gal et al.
+    2017, "Deep Bayesian Active Learning with Image Data".
+
+    Args:
+        mc_samples: stochastic passes ``T`` of the default MC-dropout estimator; unused when
+            ``estimator`` is given.
+        estimator: any estimator whose ``provides`` includes ``"mc_probs"`` ``(N, T, C)``.
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:

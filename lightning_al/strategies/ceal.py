@@ -52,12 +52,15 @@ class CEAL(Strategy):
         self.rounds_selected = 0
 
     def current_threshold(self) -> float:
+        """This round's entropy threshold ``max(0, threshold - decay · t)`` in nats."""
         return max(0.0, self.threshold - self.decay * self.rounds_selected)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The ``base`` strategy's callbacks."""
         return self.base.callbacks()
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """The ``base`` strategy's query, plus the confident unqueried samples with their argmax pseudo-labels."""
         query = self.base.select(outputs, k, generator=generator)
         probs = outputs[PROBS]
         confident = entropy(probs) < self.current_threshold()
@@ -71,9 +74,11 @@ class CEAL(Strategy):
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """The rounds selected so far and the ``base`` strategy's state."""
         return {"rounds_selected": self.rounds_selected, "base": self.base.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state returned by `state_dict`."""
         self.rounds_selected = int(state["rounds_selected"])
         self.base.load_state_dict(state["base"])
 

@@ -75,6 +75,7 @@ class TypiClust(Strategy):
         self.estimator = estimator if estimator is not None else Softmax()
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` typical samples of the least-covered clusters, in pick order (no scores)."""
         k = check_query_size(k, len(outputs))
         embeddings, mask = _labelled_and_pool(outputs)
         picks = typiclust(
@@ -131,6 +132,7 @@ class ProbCover(Strategy):
         self.delta_: float | None = delta
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` samples by greedy δ-ball coverage, in pick order (no scores); sets ``delta_``."""
         k = check_query_size(k, len(outputs))
         embeddings, mask = _labelled_and_pool(outputs)
         delta = self.delta
@@ -276,6 +278,7 @@ class BudgetAware(Strategy):
         return self.low if num_labelled < self.switch_at else self.high
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """The query of the `active` part, given only its own (unprefixed) outputs."""
         if self.num_classes is None:
             self.num_classes = int(outputs[f"high/{PROBS}"].shape[1])
         num_labelled = len(outputs.labelled) if outputs.labelled is not None else 0
@@ -284,12 +287,15 @@ class BudgetAware(Strategy):
         return part.select(_part_outputs(outputs, prefix), k, generator=generator)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The callbacks of both parts."""
         return [*self.low.callbacks(), *self.high.callbacks()]
 
     def state_dict(self) -> dict[str, Any]:
+        """The states of both parts, under ``"low"`` and ``"high"``."""
         return {"low": self.low.state_dict(), "high": self.high.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore both parts' states from `state_dict`."""
         self.low.load_state_dict(state["low"])
         self.high.load_state_dict(state["high"])
 

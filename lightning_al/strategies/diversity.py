@@ -42,6 +42,10 @@ class CoreSet(_EmbeddingStrategy):
     (Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
     Approach", greedy 2-approximation). For segmentation the embedding is the head's input averaged over
     pixels (see `lightning_al.tasks.Segmentation`).
+
+    Args:
+        embedding_layer: name of the layer whose output is the embedding; by default the input
+            of the model's last linear layer (or its ``embed()``).
     """
 
     requires = frozenset({EMBEDDINGS})
@@ -49,6 +53,7 @@ class CoreSet(_EmbeddingStrategy):
     tasks = ALL_TASKS
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` ids by greedy k-center from the labelled embeddings, in pick order (no scores)."""
         k = check_query_size(k, len(outputs))
         pool = outputs[EMBEDDINGS]
         labelled = outputs.labelled[EMBEDDINGS] if outputs.labelled is not None else pool.new_zeros(0, pool.shape[1])
@@ -71,14 +76,19 @@ class BADGE(_EmbeddingStrategy):
     never materialised (`lightning_al.functional.badge_factored`). Segmentation: the gradient of the
     mean pixel cross-entropy w.r.t. the 1×1 head, ``mean_hw (p_hw - e_ŷhw) ⊗ h_hw``, computed batch by
     batch by the estimator (``grad_embeddings``, of size ``C · D``).
+
+    Args:
+        embedding_layer: see `CoreSet`; must be the input of the last linear layer (the default).
     """
 
     tasks = ALL_TASKS
 
     def requires_for(self, task: Task) -> frozenset[str]:
+        """``probs`` and ``embeddings`` where the task's gradients factorise, else ``grad_embeddings``."""
         return self.requires if task.factorised_gradients else frozenset({GRAD_EMBEDDINGS})
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` ids by k-means++ seeding on the gradient embeddings, in pick order (no scores)."""
         k = check_query_size(k, len(outputs))
         task = outputs.task
         if not task.factorised_gradients:
@@ -97,9 +107,13 @@ class EGL(_EmbeddingStrategy, ScoreStrategy):
 
     The samples whose label, whichever it turns out to be, would change the model most
     (Settles, Craven & Ray 2008, "Multiple-Instance Active Learning").
+
+    Args:
+        embedding_layer: see `CoreSet`; must be the input of the last linear layer (the default).
     """
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` expected gradient lengths from ``probs`` ``(N, C)`` and ``embeddings`` ``(N, D)``."""
         return egl(outputs[PROBS], outputs[EMBEDDINGS])
 
 
@@ -119,6 +133,7 @@ class DiverseMiniBatch(_EmbeddingStrategy):
         self.beta = beta
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """One sample per margin-weighted cluster, with its margin informativeness as score."""
         k = check_query_size(k, len(outputs))
         informativeness = margin(outputs[PROBS])
         keep = torch.sort(informativeness, descending=True, stable=True).indices[: min(len(outputs), self.beta * k)]
@@ -149,6 +164,7 @@ class CAL(_EmbeddingStrategy, ScoreStrategy):
         self.k_neighbours = k_neighbours
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` mean KL divergence between each candidate's and its labelled neighbours' predictions."""
         if outputs.labelled is None or len(outputs.labelled) == 0:
             raise ValueError("Expected labelled samples for CAL to compare candidates with, but there are none.")
         labelled = outputs.labelled

@@ -59,9 +59,11 @@ class TwoStage(Strategy):
         self.estimator = _shared_estimator([prefilter, diversify], estimator)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The callbacks of ``prefilter`` and ``diversify``."""
         return [*self.prefilter.callbacks(), *self.diversify.callbacks()]
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``diversify``'s query of ``k`` among the ``factor · k`` top-scored samples of ``prefilter``."""
         k = check_query_size(k, len(outputs))
         keep = topk_select(self.prefilter.score(outputs), min(len(outputs), self.factor * k))
         return self.diversify.select(outputs.subset(keep), k, generator=generator)
@@ -71,7 +73,14 @@ class TwoStage(Strategy):
 
 
 def rank_normalise(scores_N: Tensor) -> Tensor:
-    """Scores mapped to their rank in ``[0, 1]`` (ties share the lower rank): comparable across strategies."""
+    """Scores mapped to their rank in ``[0, 1]``: comparable across strategies.
+
+    Args:
+        scores_N: ``(N,)`` scores.
+
+    Returns:
+        ``(N,)`` float64 ranks divided by ``N - 1``; ties are ranked in order of position (stable sort).
+    """
     order = torch.sort(scores_N, stable=True).indices
     ranks = torch.empty_like(order, dtype=torch.float64)
     ranks[order] = torch.arange(scores_N.numel(), dtype=torch.float64)
@@ -111,9 +120,11 @@ class WeightedMix(ScoreStrategy):
         self.estimator = _shared_estimator(strategies, estimator)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The callbacks of all mixed strategies."""
         return [cb for s in self.strategies for cb in s.callbacks()]
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` weighted mean of the strategies' rank-normalised scores, in ``[0, 1]``."""
         total = sum(w * rank_normalise(s.score(outputs)) for s, w in zip(self.strategies, self.weights, strict=True))
         return total / sum(self.weights)
 
@@ -145,6 +156,7 @@ class SuggestiveAnnotation(Strategy):
         self.estimator = _shared_estimator([self], estimator or DeepEnsemble(members=members, bootstrap=True))
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` ids by greedy max-cover among the most disputed candidates, with their disagreement as scores."""
         k = check_query_size(k, len(outputs))
         disagreement = outputs[MC_PROBS].double().var(dim=1, unbiased=False).mean(dim=1)
         candidates = topk_select(disagreement, min(len(outputs), self.factor * k))
@@ -176,9 +188,11 @@ class SelectionViaProxy(Strategy):
         self.estimator = ProxyEstimator(proxy, strategy.estimator or Softmax(), **overrides)
 
     def callbacks(self) -> list[pl.Callback]:
+        """The inner strategy's callbacks."""
         return self.strategy.callbacks()
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """The inner strategy's query, on the proxy's outputs."""
         return self.strategy.select(outputs, k, generator=generator)
 
     def __repr__(self) -> str:

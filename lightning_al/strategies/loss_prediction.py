@@ -26,6 +26,9 @@ class LossPredictionEstimator(Estimator):
 
     The callback must have trained during the fit (the `LossPrediction` strategy adds it
     to the Trainer); this estimator adds no callback itself, so it is never registered twice.
+
+    Args:
+        callback: the `LossPredictionCallback` whose head predicts the losses.
     """
 
     provides = frozenset({PREDICTED_LOSS})
@@ -36,17 +39,33 @@ class LossPredictionEstimator(Estimator):
         self.callback = callback
 
     def modules(self) -> list[nn.Module]:
+        """The loss-prediction head, once the callback has built it."""
         return [] if self.callback.head is None else [self.callback.head]
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``{"predicted_loss": (B,)}``: the head's loss predictions for the batch ``inputs``."""
         return {PREDICTED_LOSS: self.callback.predict_loss(model, inputs)}
 
 
 class LossPrediction(CallbackScoreStrategy):
     """Score = the predicted loss, highest first; trains its own loss-prediction head during each fit.
 
-    Arguments are those of `lightning_al.callbacks.loss_prediction.LossPredictionCallback`
-    (``layers`` name intermediate layers of the user's model, ``model.named_modules()``).
+    Yoo & Kweon 2019, "Learning Loss for Active Learning" (CVPR).
+
+    The arguments go to the strategy's `lightning_al.callbacks.loss_prediction.LossPredictionCallback`.
+
+    Args:
+        layers: names (``model.named_modules()``) of the intermediate layers whose outputs feed the head.
+        hidden: width of each feature branch of the head.
+        margin: the ranking loss's margin ξ.
+        weight: λ, the weight of the ranking loss in the total loss.
+        detach_after_epoch: from this epoch (0-based) on, no gradient flows from the head into the
+            backbone (the paper uses 120 of 200 epochs); None never detaches.
+        lr: learning rate of the head's parameters.
+        own_optimizer: give the head its own Adam optimiser instead of a group in the model's optimiser.
+        reset_each_fit: re-initialise the head at every fit.
+        logits_layer: name of the module whose output are the logits ``(B, C)``; ``""`` is the model.
+        seed: seeds the head's initialisation.
     """
 
     requires = frozenset({PREDICTED_LOSS})
@@ -79,6 +98,7 @@ class LossPrediction(CallbackScoreStrategy):
         self.estimator = LossPredictionEstimator(self.callback)
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` predicted losses."""
         scores = outputs[PREDICTED_LOSS]
         check_scores(PREDICTED_LOSS, scores)
         return scores

@@ -44,9 +44,11 @@ class MALEstimator(Estimator):
         self.callback = callback
 
     def modules(self) -> list[nn.Module]:
+        """The discriminator, once the callback has built it."""
         return [] if self.callback.discriminator is None else [self.callback.discriminator]
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``probs`` ``(B, K)`` and/or ``mal_unlabelled_score`` ``(B,)`` for the batch ``inputs``, as ``needs`` asks."""
         model.eval()
         layer = self.callback.encoder_layer
         with tap_features(model, [layer]) as captured:
@@ -67,17 +69,22 @@ class MALEstimator(Estimator):
 class MAL(CallbackScoreStrategy):
     r"""Minimax active learning (Ebrahimi et al. 2021): top ``k`` of `lightning_al.functional.mal.mal_score`.
 
-    :math:`s(x) = H(x) - \mathbb{1}[u(x) < \tau](\log K + 1)`: the samples the discriminator
-    predicts as unlabelled (:math:`u \ge \tau`), highest classifier entropy first, then the rest
+    `s(x) = H(x) - \mathbb{1}[u(x) < \tau](\log K + 1)`: the samples the discriminator
+    predicts as unlabelled (`u \ge \tau`), highest classifier entropy first, then the rest
     by entropy. Owns the `lightning_al.callbacks.mal.MALCallback` that trains during each
     round's fit (`callbacks`); the other arguments are forwarded to it, and its module
     docstring says what the model must provide (an ``encoder_layer``, ideally followed by a
     `lightning_al.callbacks.mal.CosineClassifier`).
 
     Args:
-        encoder_layer: name of the layer whose output is the feature :math:`F(x)`.
-        threshold: :math:`\tau`, the discriminator's "unlabelled" probability from which a sample
+        encoder_layer: name of the layer whose output is the feature `F(x)`.
+        threshold: `\tau`, the discriminator's "unlabelled" probability from which a sample
             counts as unlabelled-looking (0 gives entropy sampling).
+        entropy_weight: λ, the weight of the unlabelled entropy in the model's loss.
+        discriminator_hidden: hidden width of the discriminator.
+        lr: Adam learning rate of the discriminator.
+        seed: seeds the discriminator's weights and the unlabelled shuffles.
+        reset_each_fit: rebuild the discriminator at the start of every fit.
     """
 
     requires = frozenset({PROBS, MAL_UNLABELLED_SCORE})
@@ -106,6 +113,7 @@ class MAL(CallbackScoreStrategy):
         self.estimator = MALEstimator(self.callback)
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` MAL scores from ``probs`` ``(N, K)`` and ``mal_unlabelled_score`` ``(N,)``."""
         return mal_score(outputs[PROBS], outputs[MAL_UNLABELLED_SCORE], self.threshold)
 
     def __repr__(self) -> str:

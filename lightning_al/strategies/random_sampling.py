@@ -15,6 +15,7 @@ class Random(Strategy):
     tasks = ALL_TASKS
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
+        """``k`` ids drawn uniformly without replacement from ``outputs.ids`` (no scores)."""
         check_query_size(k, len(outputs))
         picked = torch.randperm(len(outputs), generator=generator)[:k]
         return Selection(ids=outputs.ids[picked])

@@ -38,11 +38,13 @@ class VAALEstimator(Estimator):
         self.callback = callback
 
     def modules(self) -> list[nn.Module]:
+        """The VAE and the discriminator, once the callback has built them."""
         if self.callback.vae is None or self.callback.discriminator is None:
             return []
         return [self.callback.vae, self.callback.discriminator]
 
     def predict(self, model: nn.Module, inputs: Any, needs: frozenset[str]) -> dict[str, Tensor]:
+        """``{"vaal_unlabelled_score": (B,)}`` for the batch ``inputs`` (a tensor); ``model`` is unused."""
         del model
         vae, discriminator = self.callback.vae, self.callback.discriminator
         if vae is None or discriminator is None:
@@ -63,6 +65,17 @@ class VAAL(CallbackScoreStrategy):
 
     Owns the `VAALCallback` that trains the VAE and discriminator during each round's
     fit (`callbacks`); the arguments are forwarded to it.
+
+    Args:
+        latent_dim: VAE latent dimension.
+        beta: weight of the KL term (β-VAE).
+        adversary_weight: weight λ of the VAE's adversarial term.
+        vae_steps: VAE updates per training batch.
+        discriminator_steps: discriminator updates per training batch.
+        lr: Adam learning rate of both modules.
+        seed: seeds module weights, the VAE's noise and the pool shuffles.
+        reset_each_fit: rebuild the modules at the start of every fit.
+        hidden: hidden width of the VAE (the discriminator uses half of it, at least 1).
     """
 
     requires = frozenset({VAAL_SCORE})
@@ -93,6 +106,7 @@ class VAAL(CallbackScoreStrategy):
         self.estimator = VAALEstimator(self.callback)
 
     def score(self, outputs: PoolOutputs) -> Tensor:
+        """``(N,)`` discriminator scores ``1 - p(labelled | mu(x))``."""
         return outputs[VAAL_SCORE]
 
     def __repr__(self) -> str:

@@ -51,27 +51,30 @@ class Task:
         raise NotImplementedError
 
     def units(self, probs: Tensor) -> Tensor:
-        """``(N, U, K)``: one categorical distribution over ``K`` outcomes per unit."""
+        """``(N, U, K)`` from ``probs``: one categorical distribution over ``K`` outcomes per unit."""
         raise NotImplementedError
 
     def mc_units(self, mc_probs: Tensor) -> Tensor:
-        """``(N, U, T, K)``: the ``T`` passes of every unit."""
+        """``(N, U, T, K)`` from ``mc_probs``: the ``T`` passes of every unit."""
         raise NotImplementedError
 
     def mc_in_place(self, mc_probs: Tensor) -> Tensor:
-        """``(N, T, K, *U)``: the passes with the ``K`` outcomes on axis 2 and the units left where they lie."""
+        """``(N, T, K, *U)`` from ``mc_probs``: the ``K`` outcomes on axis 2, the units left where they lie."""
         raise NotImplementedError
 
     def reduce(self, scores_N_U: Tensor, valid_N_U: Tensor | None = None) -> Tensor:
-        """One score per sample from its unit scores (see `lightning_al.functional.reduce_units`)."""
+        """``(N,)`` scores from the unit scores ``scores_N_U`` ``(N, U)``, counting only the units where
+        ``valid_N_U`` ``(N, U)`` is True when given (see `lightning_al.functional.reduce_units`)."""
         return reduce_units(scores_N_U, "mean", valid_N_U)
 
     def score(self, kernel: Kernel, probs: Tensor, valid: Tensor | None = None) -> Tensor:
-        """``kernel`` (an ``(M, K) → (M,)`` score) on every unit, reduced to ``(N,)``."""
+        """``kernel`` (an ``(M, K) → (M,)`` score) on every unit of ``probs``, reduced to ``(N,)`` over the ``valid``
+        units (all when None)."""
         return self._reduced(kernel, self.units(probs), valid)
 
     def mc_score(self, kernel: Kernel, mc_probs: Tensor, valid: Tensor | None = None) -> Tensor:
-        """``kernel`` (an ``(M, T, K) → (M,)`` score) on every unit's passes, reduced to ``(N,)``.
+        """``kernel`` (an ``(M, T, K) → (M,)`` score) on every unit's passes in ``mc_probs``, reduced to ``(N,)``
+        over the ``valid`` units (all when None).
 
         The kernels of `lightning_al.functional.bayesian` run on the units where they lie
         (`lightning_al.functional.bayesian.per_unit`: no ``(N·U, T, K)`` copy); any other kernel gets
@@ -89,7 +92,7 @@ class Task:
         return self.reduce(scores_N_U, None if valid is None else valid.reshape(n, u))
 
     def predicted(self, probs: Tensor) -> Tensor:
-        """The model's predicted labels, in the label form."""
+        """The model's predicted labels for ``probs``, in the label form."""
         raise NotImplementedError
 
     # ----- features ---------------------------------------------------------------------------
@@ -98,23 +101,24 @@ class Task:
         return features.flatten(1)
 
     def gradient_residuals(self, probs: Tensor) -> Tensor:
-        """``(N, R)``: the last layer's loss gradient w.r.t. its output under the predicted labels (BADGE).
+        """``(N, R)`` from ``probs``: the last layer's loss gradient w.r.t. its output under the predicted labels.
 
-        The gradient w.r.t. the weight is this residual ``⊗`` the embedding (Ash et al. 2020).
+        The gradient w.r.t. the weight is this residual ``⊗`` the embedding (BADGE: Ash et al. 2020, "Deep Batch
+        Active Learning by Diverse, Uncertain Gradient Lower Bounds").
         """
         raise NotImplementedError
 
     def gradient_embeddings(self, probs: Tensor, features: Tensor) -> Tensor:
-        """``(B, E)`` BADGE gradient embeddings from the probabilities and the head's input features."""
+        """``(B, E)`` BADGE gradient embeddings from ``probs`` and the head's input ``features``."""
         raise NotImplementedError
 
     # ----- labels -----------------------------------------------------------------------------
     def read_label(self, value: Any, where: str) -> Tensor:
-        """One label as the task stores it; ``where`` names it in errors (e.g. "dataset item 3 at key 1")."""
+        """``value`` as one label as the task stores it; ``where`` names it in errors ("dataset item 3 at key 1")."""
         raise NotImplementedError
 
     def as_labels(self, labels: Any, ids: Tensor) -> Tensor | list[Tensor]:
-        """Labels for ``ids``, one per id (a stacked tensor or a list), validated; nothing is stored."""
+        """``labels`` for ``ids``, one per id (a stacked tensor or a list), validated; nothing is stored."""
         raise NotImplementedError
 
     def empty_labels(self, size: int) -> Any:
@@ -130,15 +134,16 @@ class Task:
         return store.clone()
 
     def labels_from_state(self, state: Any, labelled_ids: Tensor) -> Any:
-        """A store from `labels_state`, validated for ``labelled_ids``."""
+        """A store from ``state``, the output of `labels_state`, validated for ``labelled_ids``."""
         raise NotImplementedError
 
     def check_fits(self, labels: Tensor | list[Tensor], ids: Tensor, item: Callable[[int], Any]) -> None:
-        """Refuse labels that do not fit their sample ``item(id)`` (a mask of another size); no-op by default."""
+        """Refuse ``labels`` of ``ids`` that do not fit their sample ``item(id)`` (a mask of another size); no-op by
+        default."""
         del labels, ids, item
 
     def describe(self, labels: Tensor | list[Tensor]) -> list[Any]:
-        """Labels as plain Python values for logs and tables, one per sample."""
+        """``labels`` as plain Python values for logs and tables, one per sample."""
         return labels.tolist() if isinstance(labels, Tensor) else [label.tolist() for label in labels]
 
     # ----- test metric ------------------------------------------------------------------------
@@ -167,6 +172,7 @@ class Task:
 
 
 def check_num_classes(name: str, value: Any, optional: bool = False, minimum: int = 1) -> None:
+    """Refuse (`ValueError`) a ``value`` of ``name`` other than an int ``>= minimum`` (or None if ``optional``)."""
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -175,7 +181,7 @@ def check_num_classes(name: str, value: Any, optional: bool = False, minimum: in
 
 
 def as_tensor_label(value: Any, where: str) -> Tensor:
-    """``value`` (tensor, numpy array, PIL image, nested list) as a tensor, or a clear error."""
+    """``value`` (tensor, numpy array, PIL image, nested list) as a tensor, or a clear error naming it ``where``."""
     if isinstance(value, Tensor):
         return value.detach().cpu()
     try:
@@ -188,7 +194,7 @@ def as_tensor_label(value: Any, where: str) -> Tensor:
 
 
 def stack_or_list(labels: Sequence[Tensor]) -> Tensor | list[Tensor]:
-    """One stacked tensor when every label has the same shape, else the list."""
+    """``labels`` as one stacked tensor when every label has the same shape, else as a list."""
     if labels and all(label.shape == labels[0].shape for label in labels):
         return torch.stack(list(labels))
     return list(labels)

@@ -45,6 +45,7 @@ class MultiLabel(Task):
 
     @property
     def num_labels(self) -> int:
+        """``L``, the number of labels."""
         return int(self.num_classes)  # type: ignore[arg-type]
 
     def probs(self, logits: Any) -> Tensor:

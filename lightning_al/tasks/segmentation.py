@@ -17,7 +17,11 @@ _REDUCTIONS = ("mean", "max", "topk_mean")
 
 
 class MaskLabels:
-    """The masks of the labelled images, by dataset id (only labelled images take memory)."""
+    """The masks of the labelled images, by dataset id (only labelled images take memory).
+
+    Args:
+        masks: initial ``(H, W)`` masks by dataset id (copied).
+    """
 
     def __init__(self, masks: dict[int, Tensor] | None = None) -> None:
         self.masks: dict[int, Tensor] = dict(masks or {})
@@ -33,6 +37,7 @@ class MaskLabels:
         return len(self.masks)
 
     def clone(self) -> MaskLabels:
+        """A new store holding the same masks (the dict is copied, the mask tensors are shared)."""
         return MaskLabels(self.masks)
 
 
@@ -113,7 +118,7 @@ class Segmentation(Task):
         return features.flatten(2).mean(dim=2) if features.ndim > 2 else features
 
     def gradient_embeddings(self, probs: Tensor, features: Tensor) -> Tensor:
-        r"""``(B, C * D)``: :math:`\frac{1}{HW}\sum_{hw} (p_{hw} - e_{\hat y_{hw}}) \otimes h_{hw}`, the gradient of the
+        r"""``(B, C * D)``: `\frac{1}{HW}\sum_{hw} (p_{hw} - e_{\hat y_{hw}}) \otimes h_{hw}`, the gradient of the
         mean pixel cross-entropy under the predicted mask w.r.t. a 1×1 head's weight (BADGE, Ash et al. 2020)."""
         if features.ndim != 4 or features.shape[2:] != probs.shape[2:]:
             raise ValueError(
