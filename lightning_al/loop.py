@@ -16,7 +16,7 @@ from lightning_fabric.utilities.seed import seed_everything
 from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor
 
-from lightning_al import distributed, namespace
+from lightning_al import distributed, namespace, trainer_args
 from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.data.pool import as_id_tensor
@@ -38,15 +38,6 @@ if TYPE_CHECKING:
 
 # Accepted values of `embedding_dtype`: the dtype gathered pool embeddings are held in on the host.
 _EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Trainer arguments that describe the hardware; scoring trainers reuse them and nothing else.
-_HARDWARE_KEYS = ("accelerator", "precision")
-# Defaults for the per-round fit Trainer that the user's trainer_kwargs override.
-_FIT_DEFAULTS = {
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "enable_progress_bar": False,
-}
 
 
 @contextlib.contextmanager
@@ -93,13 +84,17 @@ class ActiveLearningLoop:
         budget: total number of labels the queries may acquire, or None for no limit.
         estimator: computes the pool outputs; defaults to the strategy's own, else a softmax pass.
         oracle: labels queried ids; defaults to `DatasetOracle` on the datamodule's training set.
-        trainer_kwargs: arguments of every round's ``Trainer`` (callbacks keep their state across rounds).
+        trainer_kwargs: arguments of every round's main-fit ``Trainer``, over quiet defaults (no logger,
+            checkpointing, summary or progress bar unless asked for); callbacks keep their state across
+            rounds, except Lightning's ``EarlyStopping`` and ``ModelCheckpoint``, which start afresh every
+            fit. Estimators' internal fits take the training arguments only; the test and scoring passes
+            run on the fit's device in its precision (see `lightning_al.trainer_args`).
         reset_weights: start every round from the initial weights (as in the literature) instead of
             continuing from the previous round's.
         seed: seeds each round's training (``seed + round``) and the strategies' random choices.
         output_dir: the run directory: ``history.json`` after every round and the resumable ``state.pt``
             after every labelling step (see `run`).
-        progress: print one line per round (round, labelled count, test accuracy) on rank zero.
+        progress: print one line per round (round, labelled count, test metric) on rank zero's standard output.
         pool_subset: score only a random subset of this many unlabelled samples each round (drawn from
             the loop's seeded generator, so a resumed run draws the same), as Gal et al. 2017 do on
             large pools; None scores the whole pool. Must be at least ``query_size``.
@@ -171,6 +166,8 @@ class ActiveLearningLoop:
             )
         self.oracle = oracle
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        self._per_fit_callbacks = trainer_args.PerFitCallbacks(self.trainer_kwargs.get("callbacks", []))
+        self._pass_device: torch.device | None = None  # where the fit trained: the passes run there too
         self.reset_weights, self.seed = reset_weights, seed
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.round = 0
@@ -190,7 +187,7 @@ class ActiveLearningLoop:
     # ----- one round's steps -------------------------------------------------------------
     def _fit_trainer(self) -> pl.Trainer:
         """The main model's Trainer: the user's arguments, plus the strategy's and estimator's callbacks."""
-        kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": self._fit_callbacks()}
+        kwargs = trainer_args.fit_kwargs(self.trainer_kwargs, self._fit_callbacks())
         if self._round_logger is not None:
             kwargs["logger"] = self._round_logger.fit_loggers(self.round)
         with _quiet_trainer_setup():
@@ -205,7 +202,7 @@ class ActiveLearningLoop:
 
         def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
             seed_everything(seed, verbose=False)
-            kwargs = {**_FIT_DEFAULTS, **self.trainer_kwargs, "callbacks": [], "logger": False, **trainer_overrides}
+            kwargs = trainer_args.internal_fit_kwargs(self.trainer_kwargs, **trainer_overrides)
             with _quiet_trainer_setup():
                 trainer = namespace.namespace_of(module, "module").Trainer(**kwargs)
                 if bootstrap:
@@ -220,21 +217,22 @@ class ActiveLearningLoop:
         return train
 
     def _eval_trainer(self) -> pl.Trainer:
-        """A one-device Trainer for scoring and testing; under several processes, on this rank's own device."""
-        hardware = {k: self.trainer_kwargs[k] for k in _HARDWARE_KEYS if k in self.trainer_kwargs}
-        devices: int | list[int] = 1
-        on_gpu = hardware.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_initialized()
-        if distributed.rank_and_world()[1] > 1 and on_gpu:
-            devices = [torch.cuda.current_device()]  # set by the multi-process strategy to this rank's GPU
+        """A quiet one-device Trainer for testing and scoring, on the device this process trains on."""
+        if self._pass_device is None:  # no fit yet (a cold start): the device a fit would train on
+            with _quiet_trainer_setup():
+                probe = self._namespace.Trainer(**trainer_args.internal_fit_kwargs(self.trainer_kwargs))
+            self._pass_device = probe.strategy.root_device
         with _quiet_trainer_setup():
-            return self._namespace.Trainer(devices=devices, **hardware, **_FIT_DEFAULTS)
+            return self._namespace.Trainer(**trainer_args.pass_kwargs(self.trainer_kwargs, self._pass_device))
 
     def _fit(self, model: pl.LightningModule, dm: ActiveDataModule, row: dict[str, Any]) -> pl.Trainer:
         start = time.perf_counter()
         seed_everything(self.seed + self.round, verbose=False)
+        self._per_fit_callbacks.reset()
         trainer = self._fit_trainer()
         with _quiet_trainer_setup():
             trainer.fit(model, datamodule=dm)
+        self._pass_device = trainer.strategy.root_device
         row.update(scalar_metrics(trainer.callback_metrics))
         self.estimator.fit(model, self._train_member(dm))
         row["train_seconds"] = time.perf_counter() - start

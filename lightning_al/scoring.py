@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_al import namespace
-from lightning_al.data.batches import batch_ids, move_indexed_batch
+from lightning_al.data.batches import batch_ids, keep_ids_through_input_conversion, move_indexed_batch
 from lightning_al.estimators import Estimator
 from lightning_al.functional._checks import check_scores
 from lightning_al.outputs import EMBEDDINGS, PROBS, VALID, PoolOutputs
@@ -201,6 +201,10 @@ class _Scorer:
         self.estimator_modules = nn.ModuleList(estimator.modules())
         self.estimator, self.needs = estimator, needs
         self.inputs, self.sink, self.host = inputs, sink, host
+
+    def setup(self, stage: str) -> None:
+        """Keep the batches' ids through the Trainer's input casting (see `keep_ids_through_input_conversion`)."""
+        keep_ids_through_input_conversion(self.trainer)
 
     def on_predict_start(self) -> None:
         if self.host is not None:  # the loader as Lightning runs it (e.g. with a DistributedSampler)

@@ -48,6 +48,26 @@ def move_indexed_batch(batch: Any, device: torch.device) -> Any:
     return moved if ids is None else with_ids(moved, ids.to(device))
 
 
+def keep_ids_through_input_conversion(trainer: Any) -> None:
+    """Make ``trainer``'s precision plugin keep a batch's ``ids`` when it casts the batch's inputs.
+
+    The ``"64-true"``, ``"16-true"`` and ``"bf16-true"`` precisions cast every floating tensor of a batch
+    before any hook sees it, rebuilding its tuple or dict, which would drop the ids. Idempotent.
+    """
+    plugin = getattr(trainer, "precision_plugin", None)
+    convert = getattr(plugin, "convert_input", None)
+    if convert is None or getattr(convert, "keeps_ids", False):
+        return
+
+    def convert_keeping_ids(data: Any) -> Any:
+        converted = convert(data)
+        ids = getattr(data, "ids", None)
+        return converted if ids is None or hasattr(converted, "ids") else with_ids(converted, ids)
+
+    convert_keeping_ids.keeps_ids = True  # type: ignore[attr-defined]
+    plugin.convert_input = convert_keeping_ids
+
+
 def batch_ids(batch: Any) -> Tensor:
     """The dataset ids of ``batch``, or a clear error when the batch carries none."""
     ids = getattr(batch, "ids", None)

@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from lightning_al import namespace
 from lightning_al._validation import check_int
-from lightning_al.data.batches import IdDataset, collate_with_ids, move_indexed_batch
+from lightning_al.data.batches import (
+    IdDataset,
+    collate_with_ids,
+    keep_ids_through_input_conversion,
+    move_indexed_batch,
+)
 from lightning_al.data.pool import ActivePool, as_id_tensor
 from lightning_al.data.samplers import RepeatedShuffleSampler
 from lightning_al.data.targets import Key, dataset_targets, input_of, replace_target
@@ -43,6 +48,10 @@ class _TrainOnly(namespace.LightningDataModule):
     def __init__(self, loader: DataLoader) -> None:
         super().__init__()
         self.loader = loader
+
+    def setup(self, stage: str) -> None:
+        """Keep the batches' ids through the Trainer's input casting (see `keep_ids_through_input_conversion`)."""
+        keep_ids_through_input_conversion(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader
@@ -360,6 +369,11 @@ class ActiveDataModule(namespace.LightningDataModule):
         return self._loader(
             dataset, torch.arange(len(dataset)), collate_fn, batch_size=self.eval_batch_size, shuffle=False
         )
+
+    def setup(self, stage: str) -> None:
+        """Keep the batches' ids through the Trainer's input casting (see `keep_ids_through_input_conversion`)."""
+        if self.trainer is not None:
+            keep_ids_through_input_conversion(self.trainer)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move ``batch`` to ``device``, keeping its ``ids``."""
