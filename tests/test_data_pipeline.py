@@ -277,3 +277,34 @@ def test_the_wandb_query_table_logs_variable_length_queries_of_a_lightning_model
     tables = [run.table(row["al/queried_samples"]) for row in run.rows_with("al/queried_samples")]
     assert [[r[0] for r in t["data"]] for t in tables] == [row["selected_ids"] for row in history[:2]]
     assert all(r[3] == int(dm.train_set.labels[r[0]]) for t in tables for r in t["data"])
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_the_training_loader_gathers_whole_batches_with_the_pools_labels(monkeypatch, multilabel) -> None:
+    from lightning_al.data.datamodule import _Relabelled
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=generator)
+    if multilabel:
+        targets = torch.randint(0, 2, (40, 4), generator=generator, dtype=torch.int32)
+        task, labels = al.tasks.MultiLabel(4), 1 - targets[10:14]  # the oracle's labels differ from the dataset's
+    else:
+        targets = torch.randint(0, 3, (40,), generator=generator, dtype=torch.int32)
+        task, labels = al.tasks.MultiClass(3), (targets[10:14] + 1) % 3
+    dm = al.ActiveDataModule(torch.utils.data.TensorDataset(x, targets), initial_labelled=10, batch_size=4, task=task)
+    dm.label(dm.unlabelled_ids[:4], labels)
+    relabelled = _Relabelled(dm.train_set, dm.pool.labels, 1, task)
+    expected = {i: relabelled[i] for i in dm.labelled_ids.tolist()}  # the item-by-item path, for reference
+
+    def one_by_one(self, index):
+        raise AssertionError("the training loader fetched an item on its own")
+
+    monkeypatch.setattr(_Relabelled, "__getitem__", one_by_one)
+    seen = []
+    for batch in dm.train_dataloader():
+        ids = batch.ids.tolist()
+        reference = torch.utils.data.default_collate([expected[i] for i in ids])
+        assert [tuple(column.shape) for column in batch] == [tuple(column.shape) for column in reference]
+        assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(batch, reference, strict=True))
+        seen += ids
+    assert sorted(seen) == dm.labelled_ids.tolist()

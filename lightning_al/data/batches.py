@@ -80,13 +80,25 @@ def batch_ids(batch: Any) -> Tensor:
     return ids
 
 
+def gathered_columns(dataset: Dataset, ids_B: Tensor) -> tuple[Tensor, ...] | None:
+    """The items ``ids_B`` of ``dataset`` as columns ``(B, ...)``, one gather per field, or None if it cannot.
+
+    A plain `torch.utils.data.TensorDataset` indexes each of its tensors; a dataset with a
+    ``gather_columns(ids_B)`` method (e.g. the labelled set's relabelling view of one) answers itself.
+    """
+    if type(dataset).__getitem__ is TensorDataset.__getitem__:
+        return tuple(tensor[ids_B] for tensor in dataset.tensors)  # type: ignore[attr-defined]
+    gather = getattr(dataset, "gather_columns", None)
+    return gather(ids_B) if gather is not None else None
+
+
 class IdDataset(Dataset):
     """A view of ``dataset`` restricted to ``ids`` whose items are ``(item, dataset_id)``.
 
     The dataloader fetches a batch of positions at once through `__getitems__`: from a plain
-    `torch.utils.data.TensorDataset` it indexes every tensor with the batch's ids in one
-    gather (the collated batch, without building ``B`` items); from a dataset with its own
-    ``__getitems__`` it asks for all ids in one call.
+    `torch.utils.data.TensorDataset` (or a view of one, see `gathered_columns`) it indexes every
+    tensor with the batch's ids in one gather (the collated batch, without building ``B`` items);
+    from a dataset with its own ``__getitems__`` it asks for all ids in one call.
     """
 
     def __init__(self, dataset: Dataset, ids: Tensor) -> None:
@@ -103,9 +115,9 @@ class IdDataset(Dataset):
 
     def __getitems__(self, positions: list[int]) -> Sequence[tuple[Any, int]]:
         ids = [self.ids[position] for position in positions]
-        if type(self.dataset).__getitem__ is TensorDataset.__getitem__:
-            ids_B = torch.tensor(ids, dtype=torch.long)
-            columns = tuple(tensor[ids_B] for tensor in self.dataset.tensors)  # type: ignore[attr-defined]
+        ids_B = torch.tensor(ids, dtype=torch.long)
+        columns = gathered_columns(self.dataset, ids_B)
+        if columns is not None:
             return CollatedItems(columns, ids_B)
         fetch = getattr(self.dataset, "__getitems__", None)
         items = fetch(ids) if fetch is not None else [self.dataset[index] for index in ids]

@@ -16,6 +16,7 @@ from lightning_al._validation import check_int
 from lightning_al.data.batches import (
     IdDataset,
     collate_with_ids,
+    gathered_columns,
     keep_ids_through_input_conversion,
     move_indexed_batch,
 )
@@ -40,6 +41,26 @@ class _Relabelled(Dataset):
     def __getitem__(self, index: int) -> Any:
         label = self.task.training_target(self.labels[index])
         return replace_target(self.dataset[index], self.target_key, label)
+
+    def gather_columns(self, ids_B: Tensor) -> tuple[Tensor, ...] | None:
+        """The items ``ids_B`` as columns, the target column replaced by the labels, when the dataset gathers.
+
+        None (items one by one) unless the dataset's columns gather (`gathered_columns`), the labels are
+        one tensor and ``target_key`` indexes a column or the one after the last.
+        """
+        columns = gathered_columns(self.dataset, ids_B)
+        key = self.target_key
+        if columns is None or not isinstance(self.labels, Tensor) or type(key) is not int:
+            return None
+        if not -len(columns) <= key <= len(columns):
+            return None  # the item-by-item path names the bad key
+        targets = self.task.training_targets(self.labels[ids_B])
+        out = list(columns)
+        if key == len(out):
+            out.append(targets)
+        else:
+            out[key] = targets
+        return tuple(out)
 
 
 class _TrainOnly(namespace.LightningDataModule):

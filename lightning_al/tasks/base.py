@@ -129,6 +129,10 @@ class Task:
         """What a training item carries as its target for the stored ``label``."""
         return label
 
+    def training_targets(self, labels_B: Tensor) -> Tensor:
+        """The collated targets of a batch of stored labels ``(B, ...)``: `training_target` of each, stacked."""
+        return torch.stack([torch.as_tensor(self.training_target(label)) for label in labels_B])
+
     def labels_state(self, store: Any) -> Any:
         """The store as tensors and containers only (for ``torch.load(weights_only=True)``)."""
         return store.clone()

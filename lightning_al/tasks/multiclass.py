@@ -97,6 +97,10 @@ class MultiClass(Task):
     def training_target(self, label: Tensor) -> int:
         return int(label)
 
+    def training_targets(self, labels_B: Tensor) -> Tensor:
+        """The class ids ``(B,)`` as int64, as ``default_collate`` makes of `training_target`'s ints."""
+        return labels_B.to(torch.long)
+
     def labels_from_state(self, state: Any, labelled_ids: Tensor) -> Tensor:
         labels = as_id_tensor("labels", state)
         unlabelled = torch.ones(labels.shape[0], dtype=torch.bool)

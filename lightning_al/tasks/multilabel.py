@@ -116,6 +116,10 @@ class MultiLabel(Task):
     def training_target(self, label: Tensor) -> Tensor:
         return label.to(torch.float32)
 
+    def training_targets(self, labels_B: Tensor) -> Tensor:
+        """The 0/1 targets ``(B, num_labels)`` as float32."""
+        return labels_B.to(torch.float32)
+
     def labels_from_state(self, state: Any, labelled_ids: Tensor) -> Tensor:
         if not isinstance(state, Tensor) or state.ndim != 2:
             raise ValueError(
