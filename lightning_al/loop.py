@@ -168,6 +168,7 @@ class ActiveLearningLoop:
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self._per_fit_callbacks = trainer_args.PerFitCallbacks(self.trainer_kwargs.get("callbacks", []))
         self._pass_device: torch.device | None = None  # where the fit trained: the passes run there too
+        self._pass_trainer: pl.Trainer | None = None
         self.reset_weights, self.seed = reset_weights, seed
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.round = 0
@@ -217,13 +218,19 @@ class ActiveLearningLoop:
         return train
 
     def _eval_trainer(self) -> pl.Trainer:
-        """A quiet one-device Trainer for testing and scoring, on the device this process trains on."""
+        """A quiet one-device Trainer for testing and scoring, on the device this process trains on.
+
+        One Trainer serves every pass of the run until the fit's device changes.
+        """
         if self._pass_device is None:  # no fit yet (a cold start): the device a fit would train on
             with _quiet_trainer_setup():
                 probe = self._namespace.Trainer(**trainer_args.internal_fit_kwargs(self.trainer_kwargs))
             self._pass_device = probe.strategy.root_device
-        with _quiet_trainer_setup():
-            return self._namespace.Trainer(**trainer_args.pass_kwargs(self.trainer_kwargs, self._pass_device))
+        if self._pass_trainer is None or self._pass_trainer.strategy.root_device != self._pass_device:
+            with _quiet_trainer_setup():
+                kwargs = trainer_args.pass_kwargs(self.trainer_kwargs, self._pass_device)
+                self._pass_trainer = self._namespace.Trainer(**kwargs)
+        return self._pass_trainer
 
     def _fit(self, model: pl.LightningModule, dm: ActiveDataModule, row: dict[str, Any]) -> pl.Trainer:
         start = time.perf_counter()

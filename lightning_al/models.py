@@ -8,7 +8,32 @@ from torch import nn
 from lightning_al import namespace
 
 
-class MLPClassifier(namespace.default().LightningModule):
+class EpochMeanLoss:
+    """Logs ``train_loss`` once per epoch: the mean of the steps' losses, weighted by their batch sizes.
+
+    The value ``self.log("train_loss", loss, on_epoch=True, on_step=False)`` logs, summed by the
+    model itself: Lightning's per-step logging costs more than a step of a small model.
+    Call `record_loss` in ``training_step``.
+    """
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's sums."""
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+
+    def record_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Add a step's mean ``loss`` (a scalar) over ``batch_size`` samples to the epoch's sums."""
+        weighted = loss.detach() * batch_size
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        self._loss_count += batch_size
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's mean training loss as ``train_loss``."""
+        if self._loss_count:
+            self.log("train_loss", self._loss_sum / self._loss_count)  # type: ignore[attr-defined]
+
+
+class MLPClassifier(EpochMeanLoss, namespace.default().LightningModule):
     """A two-hidden-layer MLP with dropout: ``(B, in_features)`` → logits ``(B, num_classes)``.
 
     Trained with cross-entropy and Adam; logs ``train_loss`` per epoch. Its dropout layers make
@@ -53,7 +78,7 @@ class MLPClassifier(namespace.default().LightningModule):
         """Cross-entropy of the batch ``(x, y)``: inputs ``(B, in_features)``, class ids ``(B,)``."""
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        self.record_loss(loss, x.shape[0])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -90,7 +115,7 @@ class MultiLabelMLP(MLPClassifier):
         """Binary cross-entropy of the batch ``(x, y)``: inputs ``(B, in_features)``, 0/1 ``(B, num_labels)``."""
         x, y = batch
         loss = nn.functional.binary_cross_entropy_with_logits(self(x), y.float())
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        self.record_loss(loss, x.shape[0])
         return loss
 
 
@@ -105,7 +130,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class SmallUNet(namespace.default().LightningModule):
+class SmallUNet(EpochMeanLoss, namespace.default().LightningModule):
     """A two-level U-Net (Ronneberger et al. 2015): ``(B, in_channels, H, W)`` → logits ``(B, num_classes, H, W)``.
 
     ``H`` and ``W`` must be even. Dropout sits only before the 1×1 head (``head.0``, an ``nn.Dropout2d``), so
@@ -148,7 +173,7 @@ class SmallUNet(namespace.default().LightningModule):
         """Pixel-wise cross-entropy of the batch ``(x, mask)``: images ``(B, C_in, H, W)``, masks ``(B, H, W)``."""
         x, mask = batch
         loss = nn.functional.cross_entropy(self(x), mask.long(), ignore_index=self.hparams.ignore_index)
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        self.record_loss(loss, x.shape[0])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

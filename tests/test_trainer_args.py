@@ -146,6 +146,7 @@ def test_the_loops_passes_get_the_fits_precision(tiny_data):
     loop._eval_trainer = recording_pass
     history = loop.run(TinyClassifier(), make_dm(tiny_data))
     assert len(passes) == 3  # test, scoring, the last test
+    assert len({id(trainer) for trainer in passes}) == 1  # one Trainer serves every pass of the run
     assert {trainer.precision for trainer in passes} == {"64-true"}
     assert {trainer.strategy.root_device.type for trainer in passes} == {"cpu"}
     assert all(0 <= row["test_accuracy"] <= 1 for row in history)
