@@ -1,4 +1,8 @@
-"""Running an estimator over a dataloader through Lightning's ``Trainer.predict``.
+"""Running an estimator over a dataloader: the test and scoring passes.
+
+A pass runs where and how a one-device ``Trainer`` would predict (its device, its precision plugin's module
+and input conversion and forward context, inference mode, every module in eval mode and then back), without
+the prediction loop's per-call set-up, which costs more than a small model's whole pass.
 
 Two ways to collect the results:
 
@@ -16,7 +20,7 @@ Two ways to collect the results:
 
 from __future__ import annotations
 
-import warnings
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +28,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_al import namespace
 from lightning_al.data.batches import batch_ids, keep_ids_through_input_conversion, move_indexed_batch
 from lightning_al.estimators import Estimator
 from lightning_al.functional._checks import check_scores
@@ -178,13 +181,11 @@ def _num_samples(loader: Any) -> int | None:
 BatchSink = Callable[[Tensor, dict[str, Tensor], Any], None]
 
 
-class _Scorer:
-    """Wraps the user's model so that ``predict_step`` hands the estimator's outputs of each batch to ``sink``.
+class _Scorer(nn.Module):
+    """The user's model and the estimator's modules, whose `predict_step` hands each batch's outputs to ``sink``.
 
-    ``predict_step`` returns nothing (Lightning keeps no list of batches); the sink keeps what it needs: a
-    host copy (`predict_outputs`), a running top ``k`` (`stream_top_k`) or metric states
-    (`stream_metrics`). With ``host``, its tensors are sized for the loader when prediction starts.
-    Combined with the Trainer's own ``LightningModule`` class by `_scorer`.
+    The sink keeps what it needs: a host copy (`predict_outputs`), a running top ``k`` (`stream_top_k`) or
+    metric states (`stream_metrics`). With ``host``, its tensors are sized for the loader when the pass starts.
     """
 
     def __init__(
@@ -202,17 +203,8 @@ class _Scorer:
         self.estimator, self.needs = estimator, needs
         self.inputs, self.sink, self.host = inputs, sink, host
 
-    def setup(self, stage: str) -> None:
-        """Keep the batches' ids through the Trainer's input casting (see `keep_ids_through_input_conversion`)."""
-        keep_ids_through_input_conversion(self.trainer)
-
-    def on_predict_start(self) -> None:
-        if self.host is not None:  # the loader as Lightning runs it (e.g. with a DistributedSampler)
-            num_samples = _num_samples(self.trainer.predict_dataloaders)
-            if num_samples is not None:
-                self.host.reserve(num_samples)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> None:
+    def predict_step(self, batch: Any) -> None:
+        """The estimator's outputs of ``batch`` (on the device), checked finite, to the sink."""
         ids = batch_ids(batch)
         if self.estimator.needs_ids:
             values = self.estimator.predict(self.model, self.inputs(batch), self.needs, ids=ids)
@@ -225,15 +217,6 @@ class _Scorer:
             values[VALID] = valid
         self.sink(ids, values, batch)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        return move_indexed_batch(batch, device)
-
-
-def _scorer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-    """A `_Scorer` that is a LightningModule of ``trainer``'s namespace."""
-    ns = namespace.namespace_of(trainer, "trainer", "Trainer")
-    return namespace.subclass(_Scorer, ns)(*args, **kwargs)
-
 
 def _check_provides(estimator: Estimator, needs: frozenset[str]) -> None:
     missing = needs - estimator.provides
@@ -244,11 +227,44 @@ def _check_provides(estimator: Estimator, needs: frozenset[str]) -> None:
         )
 
 
-def _predict_quietly(trainer: Any, scorer: _Scorer, loader: DataLoader) -> None:
-    """``trainer.predict`` keeping no predictions (``scorer`` collects them itself)."""
-    with warnings.catch_warnings():  # predict_step returns nothing on purpose
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")
-        trainer.predict(scorer, dataloaders=loader, return_predictions=False)
+def _batch_limit(trainer: Any, loader: DataLoader) -> int | None:
+    """The batches of ``loader`` a pass runs: ``trainer``'s ``limit_predict_batches`` (a count or a fraction)."""
+    limit = getattr(trainer, "limit_predict_batches", 1.0)
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        return limit
+    if limit is None or float(limit) >= 1.0:
+        return None
+    return int(len(loader) * float(limit))
+
+
+def _run_pass(trainer: Any, scorer: _Scorer, loader: DataLoader) -> None:
+    """``scorer.predict_step`` on every batch of ``loader``, as ``trainer.predict`` would run it on one device.
+
+    The modules are converted by the precision plugin (in place, as a fit converts them), moved to the
+    Trainer's device in eval mode, and moved back to the CPU with their modes restored afterwards (as
+    Lightning's teardown does); each batch is converted by the plugin and moved with its ids, and the
+    steps run in inference mode within the plugin's forward context (autocast for mixed precision).
+    The Trainer's ``limit_predict_batches`` applies.
+    """
+    device = trainer.strategy.root_device
+    plugin = trainer.precision_plugin
+    keep_ids_through_input_conversion(trainer)
+    plugin.convert_module(scorer)
+    modes = {module: module.training for module in scorer.modules()}
+    scorer.to(device).eval()
+    try:
+        if scorer.host is not None:
+            num_samples = _num_samples(loader)
+            if num_samples is not None:
+                scorer.host.reserve(num_samples)
+        with torch.inference_mode(), plugin.forward_context():
+            for batch in itertools.islice(loader, _batch_limit(trainer, loader)):
+                scorer.predict_step(move_indexed_batch(plugin.convert_input(batch), device))
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+        if device.type != "cpu":
+            scorer.cpu()
 
 
 def predict_outputs(
@@ -269,7 +285,7 @@ def predict_outputs(
     so its full-precision values never reach the host; other outputs keep the estimator's dtype.
 
     Values whose rows are not finite are refused with the offending dataset ids, and so are
-    embeddings that overflow ``embedding_dtype``. ``trainer.predict`` runs ``estimator`` on ``model`` for every
+    embeddings that overflow ``embedding_dtype``. The pass (`_run_pass`) runs ``estimator`` on ``model`` for every
     batch of ``loader``; ``inputs`` picks a batch's model input and ``targets`` its target.
     """
     _check_provides(estimator, needs)
@@ -284,7 +300,7 @@ def predict_outputs(
         values[_IDS] = ids
         host.add(values)
 
-    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, keep, host=host), loader)
+    _run_pass(trainer, _Scorer(model, estimator, needs, inputs, keep, host=host), loader)
     if not host.count:
         return PoolOutputs(ids=torch.empty(0, dtype=torch.long), task=estimator.task)
     values = host.result()
@@ -305,7 +321,7 @@ def stream_top_k(
 
     ``scorer`` receives each batch's outputs ``needs`` as `PoolOutputs` (on the scoring
     device) and returns its ``(B,)`` scores; higher = query first. Outputs or scores that are not
-    finite are refused with the offending dataset ids. ``trainer.predict`` runs ``estimator`` on ``model`` for
+    finite are refused with the offending dataset ids. The pass (`_run_pass`) runs ``estimator`` on ``model`` for
     every batch of ``loader``; ``inputs`` picks a batch's model input.
     """
     _check_provides(estimator, needs)
@@ -316,7 +332,7 @@ def stream_top_k(
         check_scores("scores", scores)
         top_k.update(ids, scores)
 
-    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, rank), loader)
+    _run_pass(trainer, _Scorer(model, estimator, needs, inputs, rank), loader)
     return top_k
 
 
@@ -332,7 +348,7 @@ def stream_metrics(
 
     Only the metrics' states are kept (a confusion matrix for mean IoU), never the probabilities of the
     whole set. Nothing is reduced across processes: each rank measures the loader it is given.
-    ``trainer.predict`` runs ``estimator`` on ``model`` for every batch of ``loader``; ``inputs`` picks a
+    The pass (`_run_pass`) runs ``estimator`` on ``model`` for every batch of ``loader``; ``inputs`` picks a
     batch's model input and ``targets`` its target.
     """
     task = estimator.task
@@ -350,5 +366,5 @@ def stream_metrics(
 
     needs = frozenset({PROBS})
     _check_provides(estimator, needs)
-    _predict_quietly(trainer, _scorer(trainer, model, estimator, needs, inputs, update), loader)
+    _run_pass(trainer, _Scorer(model, estimator, needs, inputs, update), loader)
     return {name: float(metric.compute()) for name, metric in metrics.items()}
