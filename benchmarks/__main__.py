@@ -14,7 +14,9 @@ Parts (each a module of this package with a ``suite_rows(quick)`` function):
 - ``diversity``: k-center greedy and BADGE at N = 200,000, time and extra peak memory;
 - ``loop``: the active-learning loop's per-round overhead (all but fit and scoring) against the round;
 - ``segmentation`` (opt-in, about 2.5 minutes): head-only MC-dropout BALD (T = 20) on 10,000 64×64 images
-  against one plain forward, each in a fresh process with its peak memory (``segmentation_scoring``).
+  against one plain forward, each in a fresh process with its peak memory (``segmentation_scoring``);
+- ``experiment`` (opt-in, about 3 minutes): the whole digits experiment (26 fits of 300 steps, Random, Entropy
+  and BALD, 2 seeds) through lightning_al, a plain PyTorch loop and baal when installed (``experiment``).
 
 The learning curves of the multi-label and segmentation tasks are a separate command,
 ``python -m benchmarks.task_curves`` (about 10 minutes), as ``python -m benchmarks.learning_curves`` is.
@@ -43,9 +45,10 @@ PARTS = {
     "diversity": "diversity",
     "loop": "loop_overhead",
     "segmentation": "segmentation_scoring",
+    "experiment": "experiment",
 }
 # Parts left out of a plain `python -m benchmarks` (they run when named in --only).
-OPT_IN = ("segmentation",)
+OPT_IN = ("segmentation", "experiment")
 DEFAULT_PARTS = [part for part in PARTS if part not in OPT_IN]
 RESULTS = Path(__file__).resolve().parent / "results"
 # Warnings that Lightning repeats on every predict call and that say nothing about the measurements.
