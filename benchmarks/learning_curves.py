@@ -26,7 +26,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import re
 import sys
 import time
 import warnings
@@ -43,6 +42,7 @@ from benchmarks.arms import ARMS, FAMILIES
 from benchmarks.curve_summary import summary_table
 from benchmarks.settings import SETTINGS, TARGETS, Setting
 from lightning_al.plotting import plot_learning_curves
+from lightning_al.sweep import run_dir_name
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 PROTOCOL_FILE = "protocol.json"
@@ -53,11 +53,6 @@ _QUIET = (
     ".*smaller than the logging interval.*",
     ".*predict returned None.*",
 )
-
-
-def run_dir_name(arm: str, seed: int) -> str:
-    """``<arm>_seed<k>`` with every character other than letters, digits, ``._-`` replaced by ``-``."""
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', arm).strip('-')}_seed{seed}"
 
 
 def prepare_run(setting: Setting, arm_name: str, seed: int) -> tuple[al.ActiveDataModule, pl.LightningModule, dict]:

@@ -4,6 +4,7 @@
     lightning-al --config examples/configs/bayesian.yaml --loop.rounds 3 --trainer.max_epochs 10
     lightning-al --config examples/configs/uncertainty.yaml --print_config   # the full, resolved config
     lightning-al --config examples/configs/file_oracle.yaml --resume         # continue from loop.output_dir
+    lightning-al sweep --config examples/configs/sweep.yaml                  # strategies x seeds (lightning_al.sweep)
 
 The config has the sections of `pytorch_lightning.cli.LightningCLI`, with a ``loop``
 section added:
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jsonargparse import ActionYesNo
 
-from lightning_al import distributed, namespace
+from lightning_al import distributed, namespace, sweep
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.run_state import STATE_FILE
@@ -233,7 +234,16 @@ def namespace_for(args: list[str]) -> tuple[namespace.Namespace, list[str]]:
 
 
 def main(args: ArgsType = None) -> None:
-    """The ``lightning-al`` console entry point: parse the config, build everything, run the loop."""
+    """The ``lightning-al`` console entry point: parse the config, build everything, run the loop.
+
+    ``lightning-al sweep ...`` runs `lightning_al.sweep.main` instead (exiting with its code when not 0).
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["sweep"]:
+        code = sweep.main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     # Lightning 2.6 trips a torch pytree deprecation on every fit; it says nothing about the run.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     if args is None or isinstance(args, list):

@@ -19,7 +19,9 @@ from lightning_al.estimators import MCDropout
 from lightning_al.strategies import BALD, Margin
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "examples" / "configs"
-CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+# sweep.yaml is a `lightning-al sweep` config (its `sweep` section lists strategies and seeds), not one run's:
+# tests/test_sweep.py builds every run of it.
+CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path.stem != "sweep")
 UNCERTAINTY = str(CONFIG_DIR / "uncertainty.yaml")
 # A run small enough for a test: 10 initial labels, queries of 5, one short epoch per fit.
 TINY = ["--data.initial_labelled", "10", "--loop.query_size", "5", "--trainer.max_epochs", "1"]
