@@ -113,9 +113,10 @@ class Protocol:
     query_size: int = 10
     batch_size: int = 32
     mc_samples: int = 20
+    hidden: int = 128  # the MLP's hidden width: 128 is the demos' model, wider ones cost more per step
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "steps", "initial", "query_size", "batch_size", "mc_samples"):
+        for name in ("rounds", "steps", "initial", "query_size", "batch_size", "mc_samples", "hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected `{name}` to be an integer >= 1, but got {value!r}.")
@@ -193,12 +194,12 @@ def initial_ids(pool_size: int, count: int, seed: int) -> Tensor:
     return torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))[:count]
 
 
-def initial_model(seed: int) -> Any:
-    """The demo's `MLPClassifier`, its weights drawn from ``torch.manual_seed(seed)``."""
+def initial_model(seed: int, hidden: int = 128) -> Any:
+    """The demo's `MLPClassifier` (``hidden`` wide), its weights drawn from ``torch.manual_seed(seed)``."""
     from lightning_al.models import MLPClassifier
 
     torch.manual_seed(seed)
-    return MLPClassifier(in_features=64, num_classes=10)
+    return MLPClassifier(in_features=64, num_classes=10, hidden=hidden)
 
 
 def _adam(params: Iterator[nn.Parameter], hparams: Any) -> torch.optim.Adam:
@@ -263,7 +264,7 @@ def run_lightning_al(
     spans: list[float] = []
     clock = _Clock()
     clock.last = start
-    history = loop.run(initial_model(seed), dm, on_round_end=lambda row: spans.append(clock.lap()))
+    history = loop.run(initial_model(seed, protocol.hidden), dm, on_round_end=lambda row: spans.append(clock.lap()))
     seconds = time.perf_counter() - start
     rounds = []
     for row, span in zip(history, spans, strict=True):
@@ -351,7 +352,7 @@ def run_plain(
     start = time.perf_counter()
     x_pool, y_pool = pool.tensors
     x_test, y_test = test.tensors
-    model = initial_model(seed)
+    model = initial_model(seed, protocol.hidden)
     net, hparams = model.net, model.hparams
     init = copy.deepcopy(net.state_dict())
     labelled = torch.zeros(len(pool), dtype=torch.bool)
@@ -369,6 +370,7 @@ def run_plain(
         x, y = x_pool[ids], y_pool[ids]
         batches = _shuffled_batches(ids.numel(), protocol.steps, protocol.batch_size, shuffles)
         if trainer_fit:  # its DataLoader iterator draws the one int64 below itself
+            model.train()  # Lightning keeps modules in the mode the fit finds them in (eval after the test)
             _fit_with_trainer(model, x, y, batches)
         else:
             # The one int64 that a DataLoader iterator draws from the global generator (its workers' base seed):
@@ -447,7 +449,7 @@ def run_baal(arm: str, seed: int, protocol: Protocol, data: tuple[Any, Any]) -> 
     mask = np.zeros(len(pool), dtype=int)
     mask[initial_ids(len(pool), protocol.initial, seed).numpy()] = 1
     active_set = ActiveLearningDataset(pool, labelled=mask, random_state=seed)
-    model = initial_model(seed)
+    model = initial_model(seed, protocol.hidden)
     net: nn.Module = MCDropoutModule(model.net) if arm == "BALD" else model.net
     iterations = protocol.mc_samples if arm == "BALD" else 1
     init = copy.deepcopy(net.state_dict())
@@ -654,7 +656,9 @@ def report(results: Results) -> str:
     seeds = sorted({run.seed for run in results.runs})
     head = [
         f"Digits experiment: {p.initial} initial labels + {p.query_size} x {p.rounds} rounds ({p.rounds + 1} fits), "
-        f"{p.steps} Adam steps of batch {p.batch_size} per fit, BALD T={p.mc_samples}, seeds {seeds}, 1 torch thread; "
+        f"{p.steps} Adam steps of batch {p.batch_size} per fit, MLP 64-{p.hidden}-{p.hidden}-10, "
+        f"BALD T={p.mc_samples}, "
+        f"seeds {seeds}, 1 torch thread; "
         f"{results.seconds:.0f} s in all.",
     ]
     head += [f"skipped {impl}: {reason}" for impl, reason in results.skipped.items()]
@@ -717,6 +721,7 @@ def main(argv: list[str] | None = None) -> list[SuiteRow]:
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1")
     parser.add_argument("--rounds", type=int, default=None, help="queries (default 25; --quick: 2)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per fit (default 300; --quick: 10)")
+    parser.add_argument("--hidden", type=int, default=128, help="the MLP's hidden width (the demos' model: 128)")
     parser.add_argument("--strategies", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 rounds, 10 steps: checks that it all runs")
@@ -731,6 +736,7 @@ def main(argv: list[str] | None = None) -> list[SuiteRow]:
             base,
             rounds=args.rounds if args.rounds is not None else base.rounds,
             steps=args.steps if args.steps is not None else base.steps,
+            hidden=args.hidden,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -751,7 +757,7 @@ def suite_rows_of(results: Results) -> list[SuiteRow]:
     """The suite's rows of measured ``results`` (the fastest run per impl × strategy against the plain loop's)."""
     p = results.protocol
     seeds = len({run.seed for run in results.runs})
-    benchmark = f"digits experiment, {p.rounds + 1} fits x {p.steps} steps, {seeds} seed(s)"
+    benchmark = f"digits experiment, MLP hidden {p.hidden}, {p.rounds + 1} fits x {p.steps} steps, {seeds} seed(s)"
     rows = []
     for arm in dict.fromkeys(run.arm for run in results.runs):
         plain = results.of(REFERENCE, arm)
