@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 LABEL_STUDIO_VENV ?= .venv-label-studio
 LABEL_STUDIO_SPEC ?= label-studio==1.23.2
 
-.PHONY: install label-studio bench-label-studio docs docs-serve demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
+.PHONY: install label-studio bench-label-studio bench-experiment docs docs-serve demo demo-bayesian demo-diversity demo-dynamics bench curves test lint clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,12 @@ demo-dynamics: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+# The whole digits experiment against a plain loop, Lightning alone and baal (installed here without
+# its dependencies' pins, for this benchmark only; never a dependency of the package).
+bench-experiment: install
+	$(BIN)/pip install --quiet --no-deps baal==2.1.0 structlog==26.1.0
+	$(BIN)/python -m benchmarks.experiment
 
 curves: install
 	$(BIN)/python -m benchmarks.learning_curves

@@ -320,15 +320,25 @@ def _fit_with_trainer(model: Any, x: Tensor, y: Tensor, batches: Tensor) -> None
     loader = torch.utils.data.DataLoader(
         _GatheredBatches(x, y), batch_sampler=batches.tolist(), collate_fn=lambda batch: list(batch)
     )
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
-    trainer.fit(model, train_dataloaders=loader)
+    # Whichever Lightning package was imported last logs them (both install here).
+    packages = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+    banners = [logging.getLogger(f"{package}.utilities.rank_zero") for package in packages]
+    levels = [logger.level for logger in banners]
+    for logger in banners:
+        logger.setLevel(logging.WARNING)  # the per-fit banners, as the loop silences them
+    try:
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+        trainer.fit(model, train_dataloaders=loader)
+    finally:
+        for logger, level in zip(banners, levels, strict=True):
+            logger.setLevel(level)
 
 
 def run_lightning(arm: str, seed: int, protocol: Protocol, data: tuple[Any, Any]) -> Run:

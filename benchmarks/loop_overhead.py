@@ -20,7 +20,7 @@ to ``run``) to its own ``on_round_end`` call. Its parts are the loop's timings i
 **Overhead** is everything but fit and scoring: test + selection + bookkeeping, as a share of the round.
 The first round (Lightning's first use, the run's setup) is reported apart, as is the last row, which only
 fits and tests the final labelled set; the headline is the mean of the rounds in between. The construction
-of a ``Trainer`` (three a round, each counted inside fit, test or scoring) is also timed apart.
+of a ``Trainer`` (one a round, the fit's, counted inside fit; the passes share one per run) is also timed apart.
 
 Run: ``python -m benchmarks.loop_overhead [--n 20000] [--rounds 4] [--query-size 100] [--epochs 1]
 [--initial 1000] [--threads T] [--profile]``.
@@ -51,9 +51,9 @@ from benchmarks.suite import SuiteRow
 
 TRAIN_BATCH, EVAL_BATCH = 64, 1024
 TOTAL = "loop round (total)"
-TRAINERS = "Trainer construction (x3, inside fit, test, scoring)"
-# Trainers the loop builds in a round that scores: the fit's, the test's and the scoring's.
-TRAINERS_PER_ROUND = 3
+TRAINERS = "Trainer construction (x1, inside fit; the passes share one per run)"
+# Trainers the loop builds in a round: the fit's (the test and scoring passes share one Trainer per run).
+TRAINERS_PER_ROUND = 1
 # (name, what it covers) of each part of a round, in the order of the table.
 PARTS = (
     ("fit", "train_seconds"),
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per round (s): {[round(r.total, 3) for r in run.rounds]}")
     print(
         f"Trainer construction (timed apart, median of 5): {trainer * 1000:.1f} ms; the loop builds "
-        f"{TRAINERS_PER_ROUND} a round (fit, test, scoring), {TRAINERS_PER_ROUND * trainer / steady.total:.1%} "
-        "of the round, counted inside fit, test and scoring"
+        f"{TRAINERS_PER_ROUND} a round (the fit's), {TRAINERS_PER_ROUND * trainer / steady.total:.1%} "
+        "of the round, counted inside fit"
     )
     print(
         f"overhead (all but fit and scoring) / round: {steady.overhead / steady.total:.1%}; "
