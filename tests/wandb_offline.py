@@ -47,6 +47,8 @@ def wandb_records(path: Path) -> Iterator[Any]:
             position += left_in_block
             continue
         _checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):
+            return  # the writer has not flushed this chunk whole yet
         chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (_FULL, _FIRST):
@@ -92,8 +94,13 @@ class OfflineRun:
 def finished_records(log_file: Path, timeout: float = 30.0) -> list[Any]:
     """The records of a run's log once its ``exit`` record is on disk (the writer may still be flushing)."""
     deadline = time.monotonic() + timeout
+    from google.protobuf.message import DecodeError
+
     while True:
-        records = list(wandb_records(log_file))
+        try:
+            records = list(wandb_records(log_file))
+        except DecodeError:  # a record the writer is still flushing
+            records = []
         if any(record.WhichOneof("record_type") == "exit" for record in records):
             return records
         if time.monotonic() > deadline:
