@@ -7,13 +7,19 @@ discriminator is most sure are unlabelled are the ones the labelled set represen
 
 This implementation uses small MLPs over the **flattened** model input (images are flattened;
 the paper's convolutional VAE is out of scope), trained with their own optimisers during the
-main model's fit; the task model is never touched.
+main model's fit; the task model is never touched. The defaults follow the authors' code
+(github.com/sinhasam/vaal): two VAE steps and one discriminator step per training batch, each VAE
+step on a fresh labelled and unlabelled batch; the ELBO as element-mean squared error plus β times
+the KL summed over batch and latent; a 512-wide discriminator; Kaiming-normal weights with zero
+biases; Adam at 5e-4 for both modules. Each departure the library used before is an option
+(``loss_form="per_sample"``, ``vae_steps=1``, ``fresh_labelled=False``, ``discriminator_hidden``,
+``weight_init="default"``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +48,74 @@ def gaussian_kl(mu_B_L: Tensor, logvar_B_L: Tensor) -> Tensor:
         ``(B,)`` divergences.
     """
     return 0.5 * (mu_B_L.pow(2) + logvar_B_L.exp() - 1.0 - logvar_B_L).sum(dim=1)
+
+
+LossForm = Literal["authors", "per_sample"]
+LOSS_FORMS: tuple[str, ...] = ("authors", "per_sample")
+WeightInit = Literal["kaiming", "default"]
+WEIGHT_INITS: tuple[str, ...] = ("kaiming", "default")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Expected `{name}` to be one of {', '.join(map(repr, choices))}, but got {value!r}.")
+
+
+def elbo_terms(
+    x_B_D: Tensor, recon_B_D: Tensor, mu_B_L: Tensor, logvar_B_L: Tensor, loss_form: LossForm = "authors"
+) -> tuple[Tensor, Tensor]:
+    r"""The reconstruction and KL terms of a β-VAE's loss on one batch, as two scalars (Sinha et al. 2019, eq. 1).
+
+    ``"authors"`` (the authors' code): the squared error averaged over every element,
+    `\tfrac{1}{BD}\sum_{b,d}(\hat x_{bd} - x_{bd})^2`, and the KL summed over the batch and the latent,
+    `\sum_b \mathrm{KL}_b` (`gaussian_kl`). ``"per_sample"``: the per-sample ELBO, the squared error
+    summed over features and the KL, both averaged over the batch, `\tfrac1B\sum_{b,d}(\hat x_{bd} -
+    x_{bd})^2` and `\tfrac1B\sum_b \mathrm{KL}_b`. Relative to the reconstruction, the authors' form
+    weighs the KL ``B · D`` times more.
+
+    Args:
+        x_B_D: ``(B, D)`` flattened inputs.
+        recon_B_D: ``(B, D)`` their reconstructions.
+        mu_B_L: ``(B, L)`` posterior means.
+        logvar_B_L: ``(B, L)`` posterior log-variances.
+        loss_form: ``"authors"`` or ``"per_sample"``.
+
+    Returns:
+        ``(reconstruction, kl)``, two scalar tensors (multiply ``kl`` by β yourself).
+
+    Example:
+        >>> x, recon = torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+        >>> mu, logvar = torch.tensor([[1.0], [0.0]]), torch.zeros(2, 1)
+        >>> [round(t.item(), 3) for t in elbo_terms(x, recon, mu, logvar)]
+        [0.75, 0.5]
+        >>> [round(t.item(), 3) for t in elbo_terms(x, recon, mu, logvar, "per_sample")]
+        [1.5, 0.25]
+    """
+    _check_choice("loss_form", loss_form, LOSS_FORMS)
+    squared_B_D = (recon_B_D - x_B_D).pow(2)
+    kl_B = gaussian_kl(mu_B_L, logvar_B_L)
+    if loss_form == "authors":
+        return squared_B_D.mean(), kl_B.sum()
+    return squared_B_D.sum(dim=1).mean(), kl_B.mean()
+
+
+def kaiming_init_(module: nn.Module, keep: tuple[nn.Module, ...] = ()) -> None:
+    """Kaiming-normal weights (fan-in, ReLU gain √2) and zero biases for every ``nn.Linear`` of ``module``, in place.
+
+    The initialisation of the authors' VAAL code (He et al. 2015, "Delving deep into rectifiers").
+    Layers in ``keep`` keep their current (PyTorch default) weights: the authors' code leaves the
+    VAE's mean and log-variance heads at PyTorch's default, so `VAALCallback` passes the encoder's
+    last layer here.
+
+    Args:
+        module: the module whose linear layers are re-initialised.
+        keep: linear layers to leave as they are.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and not any(layer is k for k in keep):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class VAE(nn.Module):
@@ -134,13 +208,14 @@ def vae_loss(
     beta: float,
     adversary_weight: float,
     generator: torch.Generator | None = None,
+    loss_form: LossForm = "authors",
 ) -> tuple[Tensor, Tensor]:
     r"""The VAE's objective of VAAL (Sinha et al. 2019, eqs. 1–3) and its reconstruction part.
 
-    For each of the labelled and unlabelled batches: squared error summed over features and
-    averaged over samples, plus `\beta` times the mean `gaussian_kl`; plus
-    ``adversary_weight`` times the BCE that makes the discriminator call both batches'
-    `\mu` "labelled" (target 1).
+    For each of the labelled and unlabelled batches, the reconstruction term plus `\beta` times the
+    KL term of `elbo_terms` in ``loss_form``; plus ``adversary_weight`` times the BCE that makes the
+    discriminator call both batches' `\mu` "labelled" (target 1), each batch's BCE averaged over it
+    and the two summed.
 
     Args:
         vae: the VAE being trained.
@@ -150,18 +225,21 @@ def vae_loss(
         beta: weight of the KL term.
         adversary_weight: weight of the adversarial term.
         generator: source of the VAE's sampling noise.
+        loss_form: ``"authors"`` (element-mean squared error, KL summed over batch and latent) or
+            ``"per_sample"`` (both per sample, averaged over the batch); see `elbo_terms`.
 
     Returns:
-        ``(total, reconstruction)``, two scalar tensors.
+        ``(total, reconstruction)``, two scalar tensors; ``reconstruction`` sums both batches' reconstruction terms.
     """
+    _check_choice("loss_form", loss_form, LOSS_FORMS)
     total = labelled.new_zeros(())
     reconstruction = labelled.new_zeros(())
     adversarial = labelled.new_zeros(())
     for x in (labelled, unlabelled):
         recon_B_D, mu_B_L, logvar_B_L = vae(x, generator)
-        rec = (recon_B_D - vae.flatten(x)).pow(2).sum(dim=1).mean()
+        rec, kl = elbo_terms(vae.flatten(x), recon_B_D, mu_B_L, logvar_B_L, loss_form)
         reconstruction = reconstruction + rec
-        total = total + rec + beta * gaussian_kl(mu_B_L, logvar_B_L).mean()
+        total = total + rec + beta * kl
         logits_B = discriminator(mu_B_L)
         adversarial = adversarial + F.binary_cross_entropy_with_logits(logits_B, torch.ones_like(logits_B))
     return total + adversary_weight * adversarial, reconstruction
@@ -188,32 +266,64 @@ def discriminator_loss(vae: VAE, discriminator: Discriminator, labelled: Tensor,
     ) + F.binary_cross_entropy_with_logits(logits_unl, torch.zeros_like(logits_unl))
 
 
+class _LabelledSource:
+    """A datamodule's labelled training set where `UnlabelledBatches` reads a pool: its own shuffle of it."""
+
+    def __init__(self, dm: Any) -> None:
+        self._dm = dm
+
+    def pool_dataloader(self) -> Any:
+        return self._dm.train_dataloader()
+
+    def inputs(self, batch: Any) -> Any:
+        return self._dm.inputs(batch)
+
+
 class VAALCallback(Callback):
     """Train a VAAL β-VAE and discriminator beside the main model (Sinha et al. 2019, Algorithm 1).
 
-    After every training batch, the labelled batch's inputs (``trainer.datamodule.inputs``) and a
-    batch drawn from the unlabelled pool (``trainer.datamodule.pool_dataloader()``'s dataset,
-    reshuffled each pass with the callback's own generator, as many samples as the labelled batch)
-    drive ``vae_steps`` VAE updates (a fresh unlabelled batch each) and ``discriminator_steps``
-    discriminator updates with the callback's own Adam optimisers. The task model, its
-    optimiser and the global RNG are left alone. Inputs are flattened (see `VAE`).
+    After every training batch, ``vae_steps`` VAE updates and then ``discriminator_steps``
+    discriminator updates, with the callback's own Adam optimisers. Each update reads a labelled
+    batch and an unlabelled batch: the first VAE update reads the training batch's inputs
+    (``trainer.datamodule.inputs``) and a batch from the unlabelled pool
+    (``trainer.datamodule.pool_dataloader()``'s dataset, reshuffled each pass with the callback's own
+    generator); every later update draws a fresh unlabelled batch and, with ``fresh_labelled``, a
+    fresh labelled one from the callback's own shuffle of the labelled training set (otherwise it
+    reuses the training batch). Drawn batches have the size of the fit's first training batch,
+    fewer at the end of a pass (a labelled set smaller than a batch is one batch). The first
+    discriminator update reads the last VAE update's batches, as in the authors' code. The task
+    model, its optimiser, its batches and the global RNG are left alone. Inputs are flattened (see
+    `VAE`).
 
     Modules are built at the first batch of a fit from its input shape, on the model's device,
     with weights drawn from ``seed``; with ``reset_each_fit`` (default, as the paper retrains
     every cycle) they are rebuilt, identically, at every fit. ``vae_losses``,
     ``reconstruction_losses`` and ``discriminator_losses`` record the current fit's values per
-    batch; their epoch means are logged as ``vaal_vae_loss`` and ``vaal_discriminator_loss``.
+    training batch (the last update's); their epoch means are logged as ``vaal_vae_loss`` and
+    ``vaal_discriminator_loss``.
+
+    The defaults are the authors' (github.com/sinhasam/vaal: ``arguments.py``, ``solver.py``,
+    ``model.py``). ``vae_steps=1, loss_form="per_sample", fresh_labelled=False,
+    discriminator_hidden=64, weight_init="default"`` is the form this library used before.
 
     Args:
         latent_dim: VAE latent dimension.
-        beta: weight of the KL term (β-VAE).
+        beta: weight β of the KL term (β-VAE).
         adversary_weight: weight λ of the VAE's adversarial term.
-        vae_steps: VAE updates per training batch.
-        discriminator_steps: discriminator updates per training batch.
+        vae_steps: VAE updates per training batch (the authors': 2).
+        discriminator_steps: discriminator updates per training batch (the authors': 1).
         lr: Adam learning rate of both modules.
-        seed: seeds module weights, the VAE's noise and the pool shuffles.
+        seed: seeds module weights, the VAE's noise and the batch shuffles.
         reset_each_fit: rebuild the modules at the start of every fit.
-        hidden: hidden width of the VAE (the discriminator uses half of it, at least 1).
+        hidden: hidden width of the VAE's MLPs.
+        discriminator_hidden: hidden width of the discriminator (the authors': 512).
+        loss_form: ``"authors"`` (element-mean squared error + β · KL summed over batch and latent) or
+            ``"per_sample"`` (per-sample squared error and KL, averaged over the batch); see `elbo_terms`.
+        fresh_labelled: VAE updates after the first draw a fresh labelled batch too (the authors' code),
+            rather than reusing the training batch.
+        weight_init: ``"kaiming"`` (Kaiming-normal weights, zero biases; the VAE's mean/log-variance
+            head left at PyTorch's default, as in the authors' code; see `kaiming_init_`) or
+            ``"default"`` (PyTorch's default initialisation everywhere).
     """
 
     def __init__(
@@ -221,28 +331,38 @@ class VAALCallback(Callback):
         latent_dim: int = 32,
         beta: float = 1.0,
         adversary_weight: float = 1.0,
-        vae_steps: int = 1,
+        vae_steps: int = 2,
         discriminator_steps: int = 1,
         lr: float = 5e-4,
         seed: int = 0,
         reset_each_fit: bool = True,
         hidden: int = 128,
+        discriminator_hidden: int = 512,
+        loss_form: LossForm = "authors",
+        fresh_labelled: bool = True,
+        weight_init: WeightInit = "kaiming",
     ) -> None:
         check_int("latent_dim", latent_dim, 1)
         check_int("vae_steps", vae_steps, 1)
         check_int("discriminator_steps", discriminator_steps, 0)
         check_int("seed", seed, 0)
         check_int("hidden", hidden, 1)
+        check_int("discriminator_hidden", discriminator_hidden, 1)
         for name, value in (("beta", beta), ("adversary_weight", adversary_weight)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"Expected `{name}` to be a float >= 0, but got {value!r}.")
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise ValueError(f"Expected `lr` to be a float > 0, but got {lr!r}.")
-        if not isinstance(reset_each_fit, bool):
-            raise TypeError(f"Expected `reset_each_fit` to be a bool, but got {reset_each_fit!r}.")
+        for name, value in (("reset_each_fit", reset_each_fit), ("fresh_labelled", fresh_labelled)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}.")
+        _check_choice("loss_form", loss_form, LOSS_FORMS)
+        _check_choice("weight_init", weight_init, WEIGHT_INITS)
         self.latent_dim, self.beta, self.adversary_weight = latent_dim, float(beta), float(adversary_weight)
         self.vae_steps, self.discriminator_steps, self.lr = vae_steps, discriminator_steps, float(lr)
         self.seed, self.reset_each_fit, self.hidden = seed, reset_each_fit, hidden
+        self.discriminator_hidden, self.loss_form = discriminator_hidden, loss_form
+        self.fresh_labelled, self.weight_init = fresh_labelled, weight_init
         self.vae: VAE | None = None
         self.discriminator: Discriminator | None = None
         self.vae_optimizer: torch.optim.Optimizer | None = None
@@ -252,6 +372,7 @@ class VAALCallback(Callback):
         self.discriminator_losses: list[float] = []
         self._noise: torch.Generator | None = None
         self._unlabelled = UnlabelledBatches(seed)
+        self._labelled = UnlabelledBatches(seed + 1)  # the callback's own shuffle of the labelled set
         self._restored = False  # a state saved during a fit was loaded: the next fit start keeps it
         self._in_fit = False
 
@@ -265,12 +386,16 @@ class VAALCallback(Callback):
         with torch.random.fork_rng(devices=[]):  # the global CPU RNG is restored afterwards
             torch.default_generator.manual_seed(self.seed)
             vae = VAE(tuple(input_shape), self.latent_dim, self.hidden)
-            discriminator = Discriminator(self.latent_dim, max(1, self.hidden // 2))
+            discriminator = Discriminator(self.latent_dim, self.discriminator_hidden)
+            if self.weight_init == "kaiming":
+                kaiming_init_(vae, keep=(vae.encoder[-1],))
+                kaiming_init_(discriminator)
         self.vae, self.discriminator = vae.to(device), discriminator.to(device)
         self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.lr)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr)
         self._noise = torch.Generator(device=torch.device(device)).manual_seed(self.seed)
         self._unlabelled.restart(self.seed)
+        self._labelled.restart(self.seed + 1)
 
     def _to(self, device: torch.device) -> None:
         assert self.vae is not None and self.discriminator is not None  # internal invariant
@@ -288,16 +413,21 @@ class VAALCallback(Callback):
     # ----- hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = getattr(trainer, "datamodule", None)
-        if not (callable(getattr(dm, "pool_dataloader", None)) and callable(getattr(dm, "inputs", None))):
+        if not (
+            callable(getattr(dm, "pool_dataloader", None))
+            and callable(getattr(dm, "inputs", None))
+            and callable(getattr(dm, "train_dataloader", None))
+        ):
             raise ValueError(
-                "Expected the Trainer's datamodule to be an ActiveDataModule (with `pool_dataloader` and "
-                f"`inputs`), but got {type(dm).__name__}."
+                "Expected the Trainer's datamodule to be an ActiveDataModule (with `pool_dataloader`, "
+                f"`train_dataloader` and `inputs`), but got {type(dm).__name__}."
             )
         if not self._restored:  # a fresh fit; a resumed one keeps the loaded state
             if self.reset_each_fit:
                 self.vae = self.discriminator = None
             self.vae_losses, self.reconstruction_losses, self.discriminator_losses = [], [], []
         self._unlabelled.restart()
+        self._labelled.restart()
         self._restored, self._in_fit = False, True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -309,17 +439,25 @@ class VAALCallback(Callback):
     def _next_unlabelled(self, trainer: pl.Trainer, batch_size: int, device: torch.device) -> Tensor | None:
         return self._unlabelled.next(trainer.datamodule, batch_size, device)
 
+    def _next_batches(
+        self, trainer: pl.Trainer, labelled: Tensor, batch_size: int, device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """A fresh labelled batch (``labelled`` again unless ``fresh_labelled``) and a fresh unlabelled one."""
+        if self.fresh_labelled:
+            labelled = self._labelled.next(_LabelledSource(trainer.datamodule), batch_size, device)
+        return labelled, self._next_unlabelled(trainer, batch_size, device)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         labelled = trainer.datamodule.inputs(batch)
         if not isinstance(labelled, Tensor):
             raise TypeError(f"Expected the model input of a batch to be a Tensor, but got {type(labelled).__name__}.")
-        device = labelled.device
+        device, batch_size = labelled.device, labelled.shape[0]
         if self.vae is None:
             self.build(tuple(labelled.shape[1:]), device)
         self._to(device)
-        unlabelled = self._next_unlabelled(trainer, labelled.shape[0], device)
+        unlabelled = self._next_unlabelled(trainer, batch_size, device)
         if unlabelled is None:  # the pool is exhausted: nothing to contrast the labelled set with
             return
         self.vae.train()
@@ -327,9 +465,16 @@ class VAALCallback(Callback):
         with torch.enable_grad():
             for step in range(self.vae_steps):
                 if step:
-                    unlabelled = self._next_unlabelled(trainer, labelled.shape[0], device)
+                    labelled, unlabelled = self._next_batches(trainer, labelled, batch_size, device)
                 loss, reconstruction = vae_loss(
-                    self.vae, self.discriminator, labelled, unlabelled, self.beta, self.adversary_weight, self._noise
+                    self.vae,
+                    self.discriminator,
+                    labelled,
+                    unlabelled,
+                    self.beta,
+                    self.adversary_weight,
+                    self._noise,
+                    loss_form=self.loss_form,
                 )
                 self.vae_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -338,7 +483,7 @@ class VAALCallback(Callback):
             disc = None
             for step in range(self.discriminator_steps):
                 if step:
-                    unlabelled = self._next_unlabelled(trainer, labelled.shape[0], device)
+                    labelled, unlabelled = self._next_batches(trainer, labelled, batch_size, device)
                 disc = discriminator_loss(self.vae, self.discriminator, labelled, unlabelled)
                 self.discriminator_optimizer.zero_grad(set_to_none=True)
                 disc.backward()
@@ -347,7 +492,7 @@ class VAALCallback(Callback):
         self.discriminator.zero_grad(set_to_none=True)  # the VAE's adversarial term left gradients here
         self.vae_losses.append(float(loss.detach()))
         self.reconstruction_losses.append(float(reconstruction.detach()))
-        log = dict(on_step=False, on_epoch=True, batch_size=labelled.shape[0])
+        log = dict(on_step=False, on_epoch=True, batch_size=batch_size)
         pl_module.log("vaal_vae_loss", loss.detach(), **log)
         if disc is not None:
             self.discriminator_losses.append(float(disc.detach()))
@@ -360,6 +505,7 @@ class VAALCallback(Callback):
             "reconstruction_losses": list(self.reconstruction_losses),
             "discriminator_losses": list(self.discriminator_losses),
             "shuffle": self._unlabelled.generator.get_state(),
+            "labelled_shuffle": self._labelled.generator.get_state(),
             "in_fit": self._in_fit,
         }
         if self.vae is not None:
@@ -374,6 +520,11 @@ class VAALCallback(Callback):
             )
         return state
 
+    def _load_shuffles(self, state_dict: dict[str, Any]) -> None:
+        self._unlabelled.generator.set_state(state_dict["shuffle"])
+        if "labelled_shuffle" in state_dict:  # absent from states saved before the labelled shuffle existed
+            self._labelled.generator.set_state(state_dict["labelled_shuffle"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # saved during a fit (a Lightning checkpoint): the resumed fit keeps the modules; saved between fits
         # (the loop's state): the next fit starts afresh, as it would have without the interruption
@@ -383,7 +534,7 @@ class VAALCallback(Callback):
         self.discriminator_losses = list(state_dict["discriminator_losses"])
         if "input_shape" not in state_dict:
             self.vae = self.discriminator = self.vae_optimizer = self.discriminator_optimizer = None
-            self._unlabelled.generator.set_state(state_dict["shuffle"])
+            self._load_shuffles(state_dict)
             return
         device = next(self.vae.parameters()).device if self.vae is not None else torch.device("cpu")
         self.build(tuple(state_dict["input_shape"]), device)
@@ -391,6 +542,6 @@ class VAALCallback(Callback):
         self.discriminator.load_state_dict(state_dict["discriminator"])
         self.vae_optimizer.load_state_dict(state_dict["vae_optimizer"])
         self.discriminator_optimizer.load_state_dict(state_dict["discriminator_optimizer"])
-        self._unlabelled.generator.set_state(state_dict["shuffle"])
+        self._load_shuffles(state_dict)
         if self._noise.device.type == state_dict["noise_device"]:
             self._noise.set_state(state_dict["noise"])

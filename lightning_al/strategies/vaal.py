@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_al.callbacks.vaal import VAALCallback
+from lightning_al.callbacks.vaal import LossForm, VAALCallback, WeightInit
 from lightning_al.estimators.base import Estimator
 from lightning_al.outputs import PoolOutputs
 from lightning_al.strategies.base import CallbackScoreStrategy
@@ -24,7 +24,9 @@ class VAALEstimator(Estimator):
     """``vaal_unlabelled_score = 1 - sigmoid(discriminator(mu(x)))``, shape ``(B,)``, for pool inputs ``x``.
 
     ``mu`` is the VAE encoder's mean of the flattened input. Higher = the discriminator is
-    surer the sample is unlabelled = query first. The model's forward is not used.
+    surer the sample is unlabelled = query first; the same order as the authors' code, which takes
+    the lowest ``p(labelled)`` over the whole unlabelled pool (``sampler.py``). The model's forward
+    is not used.
 
     Args:
         callback: the `VAALCallback` that trains the VAE and the discriminator.
@@ -64,18 +66,24 @@ class VAAL(CallbackScoreStrategy):
     """Variational adversarial active learning (Sinha et al. 2019): top ``k`` of ``1 - p(labelled | mu(x))``.
 
     Owns the `VAALCallback` that trains the VAE and discriminator during each round's
-    fit (`callbacks`); the arguments are forwarded to it.
+    fit (`callbacks`); the arguments are forwarded to it, and their defaults are the authors' code's
+    (two VAE steps per batch, element-mean reconstruction with the KL summed over batch and latent,
+    a 512-wide discriminator, Kaiming-normal weights). Ties go to the lower dataset id.
 
     Args:
         latent_dim: VAE latent dimension.
-        beta: weight of the KL term (β-VAE).
+        beta: weight β of the KL term (β-VAE).
         adversary_weight: weight λ of the VAE's adversarial term.
         vae_steps: VAE updates per training batch.
         discriminator_steps: discriminator updates per training batch.
         lr: Adam learning rate of both modules.
-        seed: seeds module weights, the VAE's noise and the pool shuffles.
+        seed: seeds module weights, the VAE's noise and the batch shuffles.
         reset_each_fit: rebuild the modules at the start of every fit.
-        hidden: hidden width of the VAE (the discriminator uses half of it, at least 1).
+        hidden: hidden width of the VAE's MLPs.
+        discriminator_hidden: hidden width of the discriminator.
+        loss_form: ``"authors"`` or ``"per_sample"`` (see `lightning_al.callbacks.vaal.elbo_terms`).
+        fresh_labelled: VAE updates after the first draw a fresh labelled batch too.
+        weight_init: ``"kaiming"`` (the authors') or ``"default"`` (PyTorch's).
     """
 
     requires = frozenset({VAAL_SCORE})
@@ -85,12 +93,16 @@ class VAAL(CallbackScoreStrategy):
         latent_dim: int = 32,
         beta: float = 1.0,
         adversary_weight: float = 1.0,
-        vae_steps: int = 1,
+        vae_steps: int = 2,
         discriminator_steps: int = 1,
         lr: float = 5e-4,
         seed: int = 0,
         reset_each_fit: bool = True,
         hidden: int = 128,
+        discriminator_hidden: int = 512,
+        loss_form: LossForm = "authors",
+        fresh_labelled: bool = True,
+        weight_init: WeightInit = "kaiming",
     ) -> None:
         self.callback = VAALCallback(
             latent_dim=latent_dim,
@@ -102,6 +114,10 @@ class VAAL(CallbackScoreStrategy):
             seed=seed,
             reset_each_fit=reset_each_fit,
             hidden=hidden,
+            discriminator_hidden=discriminator_hidden,
+            loss_form=loss_form,
+            fresh_labelled=fresh_labelled,
+            weight_init=weight_init,
         )
         self.estimator = VAALEstimator(self.callback)
 
@@ -111,4 +127,7 @@ class VAAL(CallbackScoreStrategy):
 
     def __repr__(self) -> str:
         c = self.callback
-        return f"VAAL(latent_dim={c.latent_dim}, beta={c.beta}, adversary_weight={c.adversary_weight}, seed={c.seed})"
+        return (
+            f"VAAL(latent_dim={c.latent_dim}, beta={c.beta}, adversary_weight={c.adversary_weight}, "
+            f"vae_steps={c.vae_steps}, loss_form={c.loss_form!r}, seed={c.seed})"
+        )
