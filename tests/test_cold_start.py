@@ -33,23 +33,30 @@ def reference_typicality(x: torch.Tensor, k_neighbours: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def reference_typiclust(x, assignment, labelled, k, k_neighbours, min_size):
+def reference_typiclust(x, assignment, labelled, k, k_neighbours, min_size, squared=True):
+    """The authors' selection (avihu111/TypiClust, typiclust.py): a static cluster order, typicality among the
+    cluster's unlabelled points with K = min(k_neighbours, n // 2), 1 / (mean squared distance + 1e-5)."""
     assignment, labelled = assignment.tolist(), labelled.tolist()
     clusters = sorted(set(assignment))
     size = {c: assignment.count(c) for c in clusters}
-    covered = {c: sum(1 for a, lab in zip(assignment, labelled, strict=True) if a == c and lab) for c in clusters}
-    taken = set(i for i, lab in enumerate(labelled) if lab)
+    existing = {c: sum(1 for a, lab in zip(assignment, labelled, strict=True) if a == c and lab) for c in clusters}
+    kept = sorted((c for c in clusters if size[c] >= min_size), key=lambda c: (existing[c], -size[c], c))
+    taken = {i for i, lab in enumerate(labelled) if lab}
     picks = []
-    for _ in range(k):
-        open_ = [c for c in clusters if any(a == c and i not in taken for i, a in enumerate(assignment))]
-        big = [c for c in open_ if size[c] >= min_size] or open_
-        cluster = min(big, key=lambda c: (covered[c], -size[c], c))
-        members = [i for i, a in enumerate(assignment) if a == cluster]
-        scores = reference_typicality(x[members], k_neighbours)
-        best = max((i for i in members if i not in taken), key=lambda i: (scores[members.index(i)], -i))
+    for i in range(k):
+        cluster = kept[i % len(kept)]
+        members = [j for j, a in enumerate(assignment) if a == cluster and j not in taken]
+        assert members, "the reference fails on an exhausted cluster"
+        neighbours = min(k_neighbours, len(members) // 2)
+        if neighbours == 0:
+            best = members[0]
+        else:
+            dist = torch.cdist(x[members].double(), x[members].double())
+            dist = dist.square() if squared else dist
+            scores = [1.0 / (dist[r].sort().values[1 : neighbours + 1].mean() + 1e-5) for r in range(len(members))]
+            best = members[max(range(len(members)), key=lambda r: (scores[r], -r))]
         picks.append(best)
         taken.add(best)
-        covered[cluster] += 1
     return picks
 
 
@@ -90,9 +97,9 @@ def test_typicality_hand_values():
 @pytest.mark.parametrize("seed", range(4))
 def test_typiclust_from_clusters_matches_reference(seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(40, 3, generator=g)
-    assignment = torch.randint(0, 6, (40,), generator=g)
-    labelled = torch.rand(40, generator=g) < 0.2
+    x = torch.randn(60, 3, generator=g)
+    assignment = torch.randint(0, 6, (60,), generator=g)
+    labelled = torch.rand(60, generator=g) < 0.2
     picks = typiclust_from_clusters(x, assignment, labelled, 12, k_neighbours=4, min_cluster_size=7)
     assert picks.tolist() == reference_typiclust(x, assignment, labelled, 12, 4, 7)
 
@@ -117,9 +124,10 @@ def test_typiclust_cluster_choice_on_blobs():
     labelled = torch.zeros(21, dtype=torch.bool)
     # No label: largest blob first, then the next largest, each at its centre point.
     assert typiclust_from_clusters(x, assignment, labelled, 3, k_neighbours=3, min_cluster_size=1).tolist() == centres
-    # A label in the largest blob sends the first pick to the largest uncovered one.
+    # A label in the largest blob sends the first pick to the largest uncovered one; the 5-point blob is too small
+    # for the default (6), so the second pick is the largest blob's centre.
     labelled[3] = True
-    assert typiclust_from_clusters(x, assignment, labelled, 2, k_neighbours=3).tolist() == centres[1:]
+    assert typiclust_from_clusters(x, assignment, labelled, 2, k_neighbours=3).tolist() == [centres[1], centres[0]]
     # min_cluster_size=6 defers the 5-point blob until the others are exhausted.
     picks = typiclust_from_clusters(x, assignment, torch.zeros(21, dtype=torch.bool), 17, 3, min_cluster_size=6)
     assert set(picks[:16].tolist()) == set(range(16)) and picks[16].item() == centres[2]
@@ -128,7 +136,12 @@ def test_typiclust_cluster_choice_on_blobs():
 def test_typiclust_with_kmeans_finds_each_blob_centre():
     x, centres = _three_blobs()
     picks = typiclust(
-        x, torch.zeros(21, dtype=torch.bool), 3, k_neighbours=3, generator=torch.Generator().manual_seed(0)
+        x,
+        torch.zeros(21, dtype=torch.bool),
+        3,
+        k_neighbours=3,
+        min_cluster_size=1,
+        generator=torch.Generator().manual_seed(0),
     )
     assert picks.tolist() == centres
 
@@ -184,15 +197,21 @@ def test_purity_and_delta_on_hand_made_clusters():
 def test_kernels_stay_memory_bounded_on_a_large_pool(monkeypatch):
     """N = 20,000, D = 16: every distance block is at most the chunk budget, far below N x N."""
     largest = [0]
-    real = clustering_module._squared_distances
+    real, real_symmetric = clustering_module._squared_distances, typicality_module._symmetric_squared_distances
 
     def spy(rows, centres, centres_sq=None):
         out = real(rows, centres, centres_sq)
         largest[0] = max(largest[0], out.numel())
         return out
 
-    for module in (typicality_module, coverage_module, clustering_module):
+    def spy_symmetric(rows, points):
+        out = real_symmetric(rows, points)
+        largest[0] = max(largest[0], out.numel())
+        return out
+
+    for module in (coverage_module, clustering_module):
         monkeypatch.setattr(module, "_squared_distances", spy)
+    monkeypatch.setattr(typicality_module, "_symmetric_squared_distances", spy_symmetric)
     num_points = 20_000
     x = torch.randn(num_points, 16, generator=torch.Generator().manual_seed(0))
     labelled = torch.zeros(num_points, dtype=torch.bool)

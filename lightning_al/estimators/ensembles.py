@@ -86,7 +86,7 @@ class Committee(Estimator):
             per_member.append(out[MC_PROBS] if MC_PROBS in out else out[PROBS].unsqueeze(1))
         probs = torch.cat(per_member, dim=1)
         out = {MC_PROBS: probs, PROBS: probs.mean(dim=1)}
-        if EMBEDDINGS in needs:  # the first member's features (the loop's own model for a deep ensemble)
+        if EMBEDDINGS in needs:  # the first member's features (a deep ensemble's: the loop's model, if included)
             first = self.members(model)[0]
             out[EMBEDDINGS] = self._embedder.predict(first, inputs, frozenset({EMBEDDINGS}))[EMBEDDINGS]
         return out
@@ -102,16 +102,23 @@ class DeepEnsemble(Committee):
     Estimation using Deep Ensembles"; used for active learning by Beluch et al. 2018,
     "The power of ensembles for active learning in image classification").
 
-    With ``bootstrap=True`` every member (the loop's model excepted) trains on a resample of
-    the labelled set drawn with replacement, as the bootstrap committees of query by bagging
+    With ``bootstrap=True`` every extra member trains on a resample of the labelled set drawn
+    with replacement (as many draws as labels), as the bootstrap committees of query by bagging
     (Abe & Mamitsuka 1998) and suggestive annotation (Yang et al. 2017).
+
+    With ``include_model=False`` the loop's model is left out of the committee: all ``M``
+    members are extra copies, re-initialised from ``seed + 1 .. seed + M`` and trained every
+    round (one fit more than with the model included). Suggestive annotation's committee is
+    of this kind: every one of its networks is trained on its own bootstrap sample, none on
+    the full labelled set. ``embeddings`` are then the first extra member's.
 
     Args:
         members: ensemble size ``M >= 2``.
         mc_samples_per_member: MC-dropout passes per member (``> 1``: stochastic ensemble).
         seed: members are initialised from ``seed + m`` and trained with that seed.
-        bootstrap: train members ``1..M-1`` on bootstrap resamples of the labelled set.
+        bootstrap: train the extra members on bootstrap resamples of the labelled set.
         embedding_layer: see `Softmax`.
+        include_model: the loop's model is member 0 (``True``) or not in the committee (``False``).
     """
 
     def __init__(
@@ -121,27 +128,36 @@ class DeepEnsemble(Committee):
         seed: int = 0,
         bootstrap: bool = False,
         embedding_layer: str | None = None,
+        include_model: bool = True,
     ) -> None:
         super().__init__(mc_samples_per_member, embedding_layer)
-        self.bootstrap = bootstrap
         check_int("members", members, 1)
         if members < 2:
             raise ValueError(f"Expected `members` to be at least 2 for an ensemble, but got {members}.")
+        for name, value in (("bootstrap", bootstrap), ("include_model", include_model)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}.")
         self.num_members, self.seed = members, seed
+        self.bootstrap, self.include_model = bootstrap, include_model
+
+    @property
+    def num_extra(self) -> int:
+        """Members trained by `fit`: ``M - 1`` with the loop's model in the committee, else ``M``."""
+        return self.num_members - 1 if self.include_model else self.num_members
 
     def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
-        """Re-initialise and train members ``1..M-1`` from copies of ``model``."""
+        """Re-initialise and train the extra members (``seed + 1 .. seed + num_extra``) from copies of ``model``."""
         self._members = nn.ModuleList()
-        for m in range(1, self.num_members):
+        for m in range(1, self.num_extra + 1):
             member = reinitialise(copy.deepcopy(model), self.seed + m)
             train(member, self.seed + m, bootstrap=self.bootstrap)
             self._members.append(member.cpu())
 
     def members(self, model: nn.Module) -> list[nn.Module]:
-        """``model`` followed by the ``M - 1`` members trained this round."""
-        if len(self._members) != self.num_members - 1:
+        """``model`` (unless ``include_model=False``) followed by the members trained this round."""
+        if len(self._members) != self.num_extra:
             raise RuntimeError("Expected the ensemble members to be trained by the loop before scoring.")
-        return [model, *self._members]
+        return [model, *self._members] if self.include_model else list(self._members)
 
 
 class SnapshotEnsemble(Committee):

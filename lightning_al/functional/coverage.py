@@ -68,12 +68,14 @@ def probcover_greedy(
     r"""ProbCover's greedy (Yehuda et al. 2022): ``k`` unlabelled points whose δ-balls cover the most points.
 
     Start with every point within δ of a labelled point covered. Each pick is the unlabelled,
-    not yet picked point whose ball holds the most uncovered points (ties → lowest position); the
-    points of its ball become covered. Once every point is covered (the best gain is 0), the
-    remaining picks are drawn uniformly from the unpicked unlabelled points with ``generator``,
-    as in the authors' code.
+    not yet picked point whose ball holds the most uncovered points (ties → lowest position, as the
+    ``argmax`` of the authors' code); the points of its ball become covered. Once every point is
+    covered (the best gain is 0), the remaining picks are drawn uniformly from the unpicked
+    unlabelled points with ``generator`` (the authors' code would take the point at position 0
+    again, a labelled or already picked one).
 
-    Ball membership is ``‖x - y‖² <= δ²`` with float64 squared distances
+    Balls are closed, as in the paper (the authors' code tests ``‖x - y‖ < δ``; the two differ only
+    for pairs at exactly δ). Ball membership is ``‖x - y‖² <= δ²`` with float64 squared distances
     `\lVert x \rVert^2 - 2 x \cdot y + \lVert y \rVert^2` (clamped at 0); a gain is a count
     maintained by subtraction, so a pair at δ within rounding could be judged differently in the
     count and in its update — gains are clamped at 0.

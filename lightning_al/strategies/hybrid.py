@@ -141,19 +141,33 @@ class SuggestiveAnnotation(Strategy):
     embeddings (Yang et al. 2017, "Suggestive Annotation: A Deep Active Learning Framework
     for Biomedical Image Segmentation").
 
+    The default committee is the paper's: ``members = 4`` networks, each trained on its own
+    bootstrap sample of the labelled set, the loop's model not among them
+    (``DeepEnsemble(4, bootstrap=True, include_model=False)``: four extra fits a round); the
+    embeddings ``f`` are those of the first of them. ``include_model=True`` puts the loop's model,
+    trained on the full labelled set, in the committee as member 0 (and takes its embeddings),
+    one extra fit fewer. On the digits benchmark (3 seeds, AULC ÷ Random) the paper's committee
+    scored 0.978 ± 0.022, 3 members with the model included 0.971 ± 0.012: below Random either way
+    in that setting (20 to 200 labels, a small MLP).
+
     Args:
-        factor: uncertain candidates kept per query slot (the paper keeps 2×).
-        members: bootstrap committee size of the default estimator.
+        factor: uncertain candidates kept per query slot (the paper keeps 16 for 8 queries: 2×).
+        members: committee size of the default estimator (the paper: 4).
+        include_model: the default committee's member 0 is the loop's model (``False`` in the paper).
         estimator: provides ``mc_probs`` and ``embeddings``; defaults to
-            ``DeepEnsemble(members, bootstrap=True)``.
+            ``DeepEnsemble(members, bootstrap=True, include_model=include_model)``.
     """
 
     requires = frozenset({MC_PROBS, EMBEDDINGS})
 
-    def __init__(self, factor: int = 2, members: int = 4, estimator: Estimator | None = None) -> None:
+    def __init__(
+        self, factor: int = 2, members: int = 4, include_model: bool = False, estimator: Estimator | None = None
+    ) -> None:
         check_int("factor", factor, 1)
-        self.factor = factor
-        self.estimator = _shared_estimator([self], estimator or DeepEnsemble(members=members, bootstrap=True))
+        self.factor, self.members, self.include_model = factor, members, include_model
+        if estimator is None:
+            estimator = DeepEnsemble(members=members, bootstrap=True, include_model=include_model)
+        self.estimator = _shared_estimator([self], estimator)
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         """``k`` ids by greedy max-cover among the most disputed candidates, with their disagreement as scores."""
@@ -164,7 +178,7 @@ class SuggestiveAnnotation(Strategy):
         return Selection(ids=outputs.ids[picks], scores=disagreement[picks])
 
     def __repr__(self) -> str:
-        return f"SuggestiveAnnotation(factor={self.factor})"
+        return f"SuggestiveAnnotation(factor={self.factor}, members={self.members}, include_model={self.include_model})"
 
 
 class SelectionViaProxy(Strategy):
@@ -172,10 +186,17 @@ class SelectionViaProxy(Strategy):
 
     The proxy is re-fitted every round from its initial weights on the labelled set (with
     ``proxy_max_epochs`` if given) and ``strategy``'s estimator runs on it (Coleman et al.
-    2020, "Selection via Proxy: Efficient Data Selection for Deep Learning").
+    2020, "Selection via Proxy: Efficient Data Selection for Deep Learning"). The loop's model
+    is still trained every round and is the one tested. The authors' code scores with least
+    confidence by default (``strategy=LeastConfidence()``) and, for active learning, takes a
+    shallower network of the same family as the proxy (ResNet-20 for a ResNet-164 target, about
+    a sixth of the weights) trained on the target's schedule unless told otherwise. How small a
+    proxy can be depends on the task: on the digits benchmark (3 seeds, AULC ÷ Random, least
+    confidence, an MLP of width 128 as target) proxies of width 32 (an eighth of the weights, the
+    authors' ratio), 64 and 128 scored 0.993, 1.043 and 1.054; the benchmark uses 64.
 
     Args:
-        strategy: the inner strategy (any).
+        strategy: the inner strategy (any; the authors' default: ``LeastConfidence()``).
         proxy: the proxy LightningModule.
         proxy_max_epochs: epochs of the proxy's fits (default: the loop's).
     """
