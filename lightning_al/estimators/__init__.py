@@ -2,7 +2,12 @@
 
 from lightning_al.estimators.base import Estimator, Softmax
 from lightning_al.estimators.ensembles import Committee, DeepEnsemble, SnapshotEnsemble
-from lightning_al.estimators.fixed_features import FrozenEncoder, PrecomputedEmbeddings
+from lightning_al.estimators.fixed_features import (
+    FrozenEncoder,
+    PrecomputedEmbeddings,
+    dataset_fingerprint,
+    module_fingerprint,
+)
 from lightning_al.estimators.mc_dropout import MCDropout
 from lightning_al.estimators.weight_sampling import BayesByBackprop
 
@@ -16,4 +21,6 @@ __all__ = [
     "PrecomputedEmbeddings",
     "SnapshotEnsemble",
     "Softmax",
+    "dataset_fingerprint",
+    "module_fingerprint",
 ]
