@@ -1,6 +1,17 @@
 """lightning_al: deep active learning for PyTorch Lightning."""
 
-from lightning_al import bayes, callbacks, estimators, functional, model_call, namespace, plotting, strategies, tasks
+from lightning_al import (
+    bayes,
+    callbacks,
+    estimators,
+    functional,
+    model_call,
+    namespace,
+    plotting,
+    self_supervised,
+    strategies,
+    tasks,
+)
 from lightning_al.data import ActiveDataModule, ActivePool, batch_ids
 from lightning_al.estimators import BayesByBackprop, DeepEnsemble, Estimator, MCDropout, SnapshotEnsemble, Softmax
 from lightning_al.file_oracle import FileOracle
@@ -42,6 +53,7 @@ __all__ = [
     "namespace",
     "plot_learning_curves",
     "plotting",
+    "self_supervised",
     "strategies",
     "tasks",
 ]

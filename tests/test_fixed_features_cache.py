@@ -338,3 +338,50 @@ def test_a_repeated_run_reads_the_cache_file_and_encodes_nothing(tmp_path):
     assert encoders[0].rows == 40 and encoders[1].rows == 0
     assert [row.get("selected_ids") for row in histories[0]] == [row.get("selected_ids") for row in histories[1]]
     assert len(list((tmp_path / "cache").glob("frozen-*.pt"))) == 1
+
+
+def test_coreset_and_cal_read_a_frozen_encoders_embeddings(tiny_data) -> None:
+    from conftest import FAST_TRAINER, TinyClassifier
+
+    train, test = tiny_data
+    torch.manual_seed(0)
+    encoder = nn.Linear(4, 3)
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    for make in (al.strategies.CoreSet, al.strategies.CAL):
+        strategy = make(estimator=al.estimators.FrozenEncoder(encoder))
+        dm = al.ActiveDataModule(train, test_set=test, initial_labelled=10, batch_size=8, seed=0)
+        labelled, unlabelled = dm.labelled_ids.clone(), dm.unlabelled_ids.clone()
+        loop = al.ActiveLearningLoop(strategy, query_size=5, rounds=1, trainer_kwargs=FAST_TRAINER, progress=False)
+        picks = loop.run(TinyClassifier(), dm)[0]["selected_ids"]
+        assert len(picks) == 5
+        if make is al.strategies.CoreSet:  # the first pick: the farthest from the labelled set in the encoder's space
+            with torch.no_grad():
+                features = encoder(x)
+            distance = torch.cdist(features[unlabelled], features[labelled]).min(dim=1).values
+            assert picks[0] == int(unlabelled[distance.argmax()])
+    with pytest.raises(ValueError, match="both"):
+        al.strategies.CoreSet(embedding_layer="net.2", estimator=al.estimators.FrozenEncoder(encoder))
+    with pytest.raises(TypeError, match="Estimator"):
+        al.strategies.CAL(estimator="encoder")
+
+
+def test_budget_aware_selects_on_the_features_given_before_the_switch(tiny_data) -> None:
+    from conftest import FAST_TRAINER, TinyClassifier
+
+    train, test = tiny_data
+    torch.manual_seed(0)
+    encoder = nn.Linear(4, 3)
+
+    def first_query(strategy: al.Strategy) -> list[int]:
+        dm = al.ActiveDataModule(train, test_set=test, initial_labelled=6, batch_size=8, seed=0)
+        loop = al.ActiveLearningLoop(strategy, query_size=5, rounds=1, trainer_kwargs=FAST_TRAINER, progress=False)
+        return loop.run(TinyClassifier(), dm)[0]["selected_ids"]
+
+    budget = al.strategies.BudgetAware(num_classes=3, features=al.estimators.FrozenEncoder(encoder))
+    assert isinstance(budget.low.estimator, al.estimators.FrozenEncoder)
+    typiclust = al.strategies.TypiClust(estimator=al.estimators.FrozenEncoder(encoder))
+    assert first_query(budget) == first_query(typiclust)  # 6 labels < 5 per class x 3: the low part queries
+    with pytest.raises(ValueError, match="both"):
+        al.strategies.BudgetAware(low=typiclust, features=al.estimators.FrozenEncoder(encoder))
+    with pytest.raises(TypeError, match="features"):
+        al.strategies.BudgetAware(features=encoder)

@@ -264,13 +264,17 @@ class BudgetAware(Strategy):
 
     With no arguments it is ``BudgetAware(TypiClust(), BADGE())`` on the task model's features, with
     ``num_classes`` read from the width of the model's probabilities; for a real cold start give
-    ``low`` embeddings that exist before any label (``TypiClust(estimator=FrozenEncoder(...))``).
+    it embeddings that exist before any label: ``features=FrozenEncoder(encoder)`` (a pretrained encoder,
+    or one pre-trained on the pool with `lightning_al.self_supervised.pretrain_simclr`) makes the default
+    ``low`` part ``TypiClust(estimator=features)``, so rounds before ``switch_at`` select on them.
 
     Args:
         low: strategy for small labelled sets (default `TypiClust`; or `ProbCover`).
         high: strategy from ``switch_at`` labels on (default ``BADGE()``; or e.g. ``Entropy()``).
         num_classes: number of classes; None reads it from the probabilities ``high`` is scored with.
         labels_per_class: labels per class at which ``high`` takes over (``> 0``).
+        features: the embeddings of the default ``low`` part (e.g. a `lightning_al.estimators.FrozenEncoder`);
+            not together with ``low``.
     """
 
     def __init__(
@@ -279,10 +283,15 @@ class BudgetAware(Strategy):
         high: Strategy | None = None,
         num_classes: int | None = None,
         labels_per_class: float = 5.0,
+        features: Estimator | None = None,
     ) -> None:
         from lightning_al.strategies.diversity import BADGE
 
-        low = TypiClust() if low is None else low
+        if features is not None and not isinstance(features, Estimator):
+            raise TypeError(f"Expected `features` to be a lightning_al Estimator, but got {type(features).__name__}.")
+        if features is not None and low is not None:
+            raise ValueError(f"Expected either `low` ({low!r}) or `features` ({features!r}), but got both.")
+        low = TypiClust(estimator=features) if low is None else low
         high = BADGE() if high is None else high
         for name, part in (("low", low), ("high", high)):
             if not isinstance(part, Strategy):

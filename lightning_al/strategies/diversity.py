@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from lightning_al._validation import check_int
-from lightning_al.estimators.base import Softmax
+from lightning_al.estimators.base import Estimator, Softmax
 from lightning_al.functional.clustering import nearest_to_centres, weighted_kmeans
 from lightning_al.functional.diversity import badge, badge_factored, kcenter_greedy
 from lightning_al.functional.gradient import egl
@@ -18,18 +18,27 @@ from lightning_al.tasks import ALL_TASKS, Task
 
 
 class _EmbeddingStrategy(Strategy):
-    """Reads the deterministic model's ``probs`` and ``embeddings`` (see `Softmax`).
+    """Reads the deterministic model's ``probs`` and ``embeddings`` (see `Softmax`), or another estimator's.
 
     Args:
         embedding_layer: name of the layer whose output is the embedding; by default the input
             of the model's last linear layer (or its ``embed()``).
+        estimator: where the embeddings come from instead of the task model, e.g.
+            `lightning_al.estimators.FrozenEncoder` (a pretrained or self-supervised encoder) or
+            `lightning_al.estimators.PrecomputedEmbeddings`; not together with ``embedding_layer``.
     """
 
     requires = frozenset({PROBS, EMBEDDINGS})
 
-    def __init__(self, embedding_layer: str | None = None) -> None:
+    def __init__(self, embedding_layer: str | None = None, estimator: Estimator | None = None) -> None:
+        if estimator is not None and not isinstance(estimator, Estimator):
+            raise TypeError(f"Expected `estimator` to be a lightning_al Estimator, but got {type(estimator).__name__}.")
+        if estimator is not None and embedding_layer is not None:
+            raise ValueError(
+                f"Expected either `embedding_layer` ({embedding_layer!r}) or `estimator` ({estimator!r}), but got both."
+            )
         self.embedding_layer = embedding_layer
-        self.estimator = Softmax(embedding_layer)
+        self.estimator = estimator if estimator is not None else Softmax(embedding_layer)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -46,11 +55,16 @@ class CoreSet(_EmbeddingStrategy):
     Args:
         embedding_layer: name of the layer whose output is the embedding; by default the input
             of the model's last linear layer (or its ``embed()``).
+        estimator: where the embeddings come from instead, e.g. a `lightning_al.estimators.FrozenEncoder`
+            of pretrained or self-supervised features (Sener & Savarese use the task network's own).
     """
 
     requires = frozenset({EMBEDDINGS})
     requires_labelled = frozenset({EMBEDDINGS})
     tasks = ALL_TASKS
+
+    def __init__(self, embedding_layer: str | None = None, estimator: Estimator | None = None) -> None:
+        super().__init__(embedding_layer, estimator)
 
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         """``k`` ids by greedy k-center from the labelled embeddings, in pick order (no scores)."""
@@ -191,18 +205,23 @@ class CAL(_EmbeddingStrategy, ScoreStrategy):
         normalize: L2-normalise embeddings before the neighbour search (the authors' choice);
             ``False`` uses raw Euclidean distances.
         embedding_layer: see `CoreSet`.
+        estimator: see `CoreSet` (the authors' representation is the fine-tuned model's own).
     """
 
     requires_labelled = frozenset({PROBS, EMBEDDINGS})
 
     def __init__(
-        self, k_neighbours: int | None = None, normalize: bool = True, embedding_layer: str | None = None
+        self,
+        k_neighbours: int | None = None,
+        normalize: bool = True,
+        embedding_layer: str | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         if k_neighbours is not None:
             check_int("k_neighbours", k_neighbours, 1)
         if not isinstance(normalize, bool):
             raise TypeError(f"Expected `normalize` to be a bool, but got {normalize!r}.")
-        super().__init__(embedding_layer)
+        super().__init__(embedding_layer, estimator)
         self.k_neighbours = k_neighbours
         self.normalize = normalize
 
