@@ -317,16 +317,12 @@ def _fit_with_trainer(model: Any, x: Tensor, y: Tensor, batches: Tensor) -> None
     """``Trainer.fit`` of the LightningModule ``model`` over exactly ``batches`` (rows of positions in ``x``, ``y``)."""
     import pytorch_lightning as pl
 
+    from lightning_al.trainer_args import quiet_banners
+
     loader = torch.utils.data.DataLoader(
         _GatheredBatches(x, y), batch_sampler=batches.tolist(), collate_fn=lambda batch: list(batch)
     )
-    # Whichever Lightning package was imported last logs them (both install here).
-    packages = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-    banners = [logging.getLogger(f"{package}.utilities.rank_zero") for package in packages]
-    levels = [logger.level for logger in banners]
-    for logger in banners:
-        logger.setLevel(logging.WARNING)  # the per-fit banners, as the loop silences them
-    try:
+    with quiet_banners():  # the per-fit banners, as the loop silences them
         trainer = pl.Trainer(
             max_epochs=1,
             accelerator="cpu",
@@ -336,9 +332,6 @@ def _fit_with_trainer(model: Any, x: Tensor, y: Tensor, batches: Tensor) -> None
             enable_progress_bar=False,
         )
         trainer.fit(model, train_dataloaders=loader)
-    finally:
-        for logger, level in zip(banners, levels, strict=True):
-            logger.setLevel(level)
 
 
 def run_lightning(arm: str, seed: int, protocol: Protocol, data: tuple[Any, Any]) -> Run:

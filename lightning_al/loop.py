@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,28 +37,6 @@ if TYPE_CHECKING:
 
 # Accepted values of `embedding_dtype`: the dtype gathered pool embeddings are held in on the host.
 _EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@contextlib.contextmanager
-def _quiet_trainer_setup() -> Iterator[None]:
-    """Silence the banners each new Trainer prints (they repeat every round); warnings still show."""
-    loggers = [
-        logging.getLogger(name)
-        for name in (
-            "pytorch_lightning.utilities.rank_zero",
-            "lightning_fabric.utilities.rank_zero",
-            "lightning.pytorch.utilities.rank_zero",
-            "lightning.fabric.utilities.rank_zero",
-        )
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @distributed.rank_zero_only
@@ -191,7 +168,7 @@ class ActiveLearningLoop:
         kwargs = trainer_args.fit_kwargs(self.trainer_kwargs, self._fit_callbacks())
         if self._round_logger is not None:
             kwargs["logger"] = self._round_logger.fit_loggers(self.round)
-        with _quiet_trainer_setup():
+        with trainer_args.quiet_banners():
             return self._namespace.Trainer(**kwargs)
 
     def _fit_callbacks(self) -> list[pl.Callback]:
@@ -204,7 +181,7 @@ class ActiveLearningLoop:
         def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
             seed_everything(seed, verbose=False)
             kwargs = trainer_args.internal_fit_kwargs(self.trainer_kwargs, **trainer_overrides)
-            with _quiet_trainer_setup():
+            with trainer_args.quiet_banners():
                 trainer = namespace.namespace_of(module, "module").Trainer(**kwargs)
                 if bootstrap:
                     ids = dm.labelled_ids
@@ -223,11 +200,11 @@ class ActiveLearningLoop:
         One Trainer serves every pass of the run until the fit's device changes.
         """
         if self._pass_device is None:  # no fit yet (a cold start): the device a fit would train on
-            with _quiet_trainer_setup():
+            with trainer_args.quiet_banners():
                 probe = self._namespace.Trainer(**trainer_args.internal_fit_kwargs(self.trainer_kwargs))
             self._pass_device = probe.strategy.root_device
         if self._pass_trainer is None or self._pass_trainer.strategy.root_device != self._pass_device:
-            with _quiet_trainer_setup():
+            with trainer_args.quiet_banners():
                 kwargs = trainer_args.pass_kwargs(self.trainer_kwargs, self._pass_device)
                 self._pass_trainer = self._namespace.Trainer(**kwargs)
         return self._pass_trainer
@@ -237,7 +214,7 @@ class ActiveLearningLoop:
         seed_everything(self.seed + self.round, verbose=False)
         self._per_fit_callbacks.reset()
         trainer = self._fit_trainer()
-        with _quiet_trainer_setup():
+        with trainer_args.quiet_banners():
             trainer.fit(model, datamodule=dm)
         self._pass_device = trainer.strategy.root_device
         row.update(scalar_metrics(trainer.callback_metrics))

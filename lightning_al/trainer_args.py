@@ -15,7 +15,10 @@ Three kinds of Trainer run in a round:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,6 +34,24 @@ QUIET = {
 NUMERICS_KEYS = ("precision", "plugins")
 # Lightning callbacks whose state describes one fit (the best monitored value, the patience spent).
 PER_FIT_CALLBACKS = ("EarlyStopping", "ModelCheckpoint")
+
+
+@contextlib.contextmanager
+def quiet_banners() -> Iterator[None]:
+    """Silence the start-up banners every new Trainer prints (they would repeat every round); warnings still show.
+
+    Whichever Lightning package was imported last logs them, so both packages' loggers are quietened.
+    """
+    packages = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+    loggers = [logging.getLogger(f"{package}.utilities.rank_zero") for package in packages]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _is_lightning_class(callback: Any, names: tuple[str, ...]) -> bool:

@@ -14,12 +14,10 @@ the pool, the encoder's initial weights and every setting, so pre-training runs 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from lightning_al._validation import check_int
 from lightning_al.estimators.fixed_features import dataset_fingerprint, module_fingerprint
 from lightning_al.self_supervised.augment import ImageAugment
 from lightning_al.self_supervised.loss import nt_xent_loss
-from lightning_al.trainer_args import QUIET
+from lightning_al.trainer_args import QUIET, quiet_banners
 
 CACHE_FORMAT = 1
 
@@ -215,23 +213,6 @@ def encode(encoder: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Tensor
     return torch.cat(rows)
 
 
-@contextlib.contextmanager
-def _quiet_banners() -> Iterator[None]:
-    """Silence the Trainer's start-up banners (warnings still show)."""
-    loggers = [
-        logging.getLogger(f"{package}.utilities.rank_zero")
-        for package in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def _plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)
@@ -370,7 +351,7 @@ def pretrain_simclr(
             drop_last=True,
             generator=torch.Generator().manual_seed(seed),
         )
-        with _quiet_banners():
+        with quiet_banners():
             trainer = namespace.default().Trainer(**{**QUIET, "max_epochs": epochs, **trainer_kwargs})
             trainer.fit(module, train_dataloaders=loader)
     encoder.to(trainer.strategy.root_device).eval()  # encode where it trained, then hand it back where it was
