@@ -107,13 +107,53 @@ def budget_aware() -> al.Strategy:
     return al.strategies.BudgetAware(low=typiclust(), high=al.strategies.BADGE(), num_classes=10, labels_per_class=5)
 
 
+# SimCLR features of the digit pool (Chen et al. 2020), the kind of representation the cold-start papers use: an
+# MLP pre-trained on the 1,203 pool images alone (no test image, no label) with the digit views of the docs
+# (docs/estimators.md; 300 epochs of batch 256, tau = 0.5, about 12 s), cached by fingerprint under SSL_CACHE.
+SSL_CACHE = Path(__file__).resolve().parent / "results" / "runs" / "ssl"
+
+
+@functools.cache
+def simclr_encoder() -> nn.Module:
+    """The digit pool's SimCLR encoder, 64 → 128 (pre-trained once per cache, read back afterwards)."""
+    from lightning_al.self_supervised import ImageAugment, pretrain_simclr
+
+    views = ImageAugment(
+        image_shape=(1, 8, 8), crop_scale=(0.5, 1.0), flip=0.0, brightness=0.4, contrast=0.4,
+        blur_sigma=(0.1, 1.0), noise_std=0.05,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    encoder = nn.Sequential(
+        nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(),
+        nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(),
+        nn.Linear(256, 128),
+    )  # fmt: skip
+    trained = pretrain_simclr(
+        encoder, Digits("pool"), augment=views, epochs=300, batch_size=256, temperature=0.5, seed=0,
+        cache_dir=SSL_CACHE, trainer_kwargs=dict(accelerator="cpu"),
+    )  # fmt: skip
+    return trained.encoder.eval()
+
+
+def simclr_features() -> al.Estimator:
+    return al.estimators.FrozenEncoder(simclr_encoder())
+
+
 COLD_START_ARMS = {
     "TypiClust": Arm(typiclust),
     "ProbCover": Arm(probcover),
     "BudgetAware": Arm(budget_aware),
     # The library's default, on the task model's own features: TypiClust, then BADGE from 5 labels per class.
     "BudgetAware-default": Arm(al.strategies.BudgetAware),
+    # The same three on the SimCLR features of the pool (digits settings only: the encoder is the digits').
+    "TypiClust-SimCLR": Arm(lambda: al.strategies.TypiClust(estimator=simclr_features())),
+    "ProbCover-SimCLR": Arm(lambda: al.strategies.ProbCover(num_classes=10, estimator=simclr_features())),
+    "BudgetAware-SimCLR": Arm(lambda: al.strategies.BudgetAware(features=simclr_features(), num_classes=10)),
 }
+# Arms of the cold-start setting alone (a pre-training each; the main settings compare the others).
+COLD_START_ONLY_ARMS = ("TypiClust-SimCLR", "ProbCover-SimCLR", "BudgetAware-SimCLR")
+# Arms on features fitted to the digit images: they run on the digits settings only.
+DIGITS_FEATURE_ARMS = ("TypiClust", "ProbCover", "BudgetAware", *COLD_START_ONLY_ARMS)
 
 # CEAL with the library's defaults, the paper's 0.005-nat threshold and 0.00033 decay, rather than the dynamics demo's
 # 0.05 nats (decay 0.002): the benchmark's 200-step fits make the MLP confident enough that 0.05 admitted ~160

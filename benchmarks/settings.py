@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from benchmarks.arms import ARMS
+from benchmarks.arms import ARMS, COLD_START_ONLY_ARMS, DIGITS_FEATURE_ARMS
 from benchmarks.glyphs import glyphs
 from lightning_al.datasets import Digits
 
@@ -112,9 +112,7 @@ def imbalanced_digits(rarest_fraction: float = 0.1, seed: int = 0) -> tuple[Data
     return TensorDataset(x_N_D[ids], y_N[ids]), test
 
 
-EVERY_ARM = tuple(ARMS)
-# Arms whose frozen encoder is fitted on the digit images (benchmarks.arms.pca_encoder): digits settings only.
-DIGITS_PCA_ARMS = ("TypiClust", "ProbCover", "BudgetAware")
+EVERY_ARM = tuple(arm for arm in ARMS if arm not in COLD_START_ONLY_ARMS)
 
 SETTINGS: dict[str, Setting] = {
     "digits": Setting(
@@ -152,9 +150,13 @@ SETTINGS: dict[str, Setting] = {
             "cold start on digits (pool and test as in `digits`): 20 random initial labels and queries of 5, up "
             "to 100 labels (10 per class), where uncertainty estimates of a model trained on a few dozen labels "
             "mean little. TypiClust, ProbCover and BudgetAware's low-budget part use a fixed 20-dimensional PCA "
-            "of the pixels (no labels used). Metric: accuracy on the test set."
+            "of the pixels (no labels used); the -SimCLR arms use SimCLR features pre-trained on the pool's images "
+            "(benchmarks/arms.py, no labels used). Metric: accuracy on the test set."
         ),
-        arms=("Random", "Entropy", "BALD", "BADGE", "TypiClust", "ProbCover", "BudgetAware", "BudgetAware-default"),
+        arms=(
+            *("Random", "Entropy", "BALD", "BADGE", "TypiClust", "ProbCover", "BudgetAware", "BudgetAware-default"),
+            *COLD_START_ONLY_ARMS,
+        ),
         initial=20,
         query_size=5,
         rounds=16,
@@ -171,7 +173,7 @@ SETTINGS: dict[str, Setting] = {
             "arms with a frozen PCA of the digit images (TypiClust, ProbCover, BudgetAware) are left out. Metric: "
             "accuracy on the test set."
         ),
-        arms=tuple(arm for arm in EVERY_ARM if arm not in DIGITS_PCA_ARMS),
+        arms=tuple(arm for arm in EVERY_ARM if arm not in DIGITS_FEATURE_ARMS),
         initial=20,
         query_size=10,
         rounds=PROTOCOL_ROUNDS,

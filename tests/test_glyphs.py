@@ -54,5 +54,5 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_the_glyph_settings_leave_out_the_digit_pca_arms() -> None:
     for name in ("glyphs", "glyphs_cold_start"):
-        assert not {"TypiClust", "ProbCover", "BudgetAware"} & set(SETTINGS[name].arms)
+        assert not {"TypiClust", "ProbCover", "BudgetAware", "TypiClust-SimCLR"} & set(SETTINGS[name].arms)
         assert SETTINGS[name].arms[0] == "Random"
