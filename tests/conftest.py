@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,15 @@ def blobs(n: int = 120, num_classes: int = 3, in_features: int = 4, seed: int = 
 @pytest.fixture
 def tiny_data() -> tuple[TensorDataset, TensorDataset]:
     return blobs(120, seed=0), blobs(60, seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only contends with other processes on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 FAST_TRAINER = dict(max_epochs=3, accelerator="cpu")

@@ -16,13 +16,7 @@ from lightning_al.strategies.loss_prediction import LossPrediction, LossPredicti
 LAYERS = ["net.0", "net.1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread only contends with other processes on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_ranking_loss(predicted, target, margin):

@@ -20,12 +20,7 @@ from lightning_al.strategies.loss_prediction import PREDICTED_LOSS, LossPredicti
 LAYERS = ["net.0", "net.1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----- defaults -------------------------------------------------------------------------------------
