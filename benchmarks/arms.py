@@ -30,7 +30,7 @@ if _EXAMPLES not in sys.path:
 
 from digits import ARMS as UNCERTAINTY_ARMS  # noqa: E402
 from digits import Arm  # noqa: E402
-from digits_bayesian import BAYESIAN_ARMS, MC_SAMPLES  # noqa: E402
+from digits_bayesian import BATCHBALD_SAMPLES, BAYESIAN_ARMS, MC_SAMPLES  # noqa: E402
 from digits_diversity import DIVERSITY_ARMS  # noqa: E402
 from digits_dynamics import DYNAMICS_ARMS  # noqa: E402
 
@@ -162,6 +162,21 @@ DIGITS_FEATURE_ARMS = ("TypiClust", "ProbCover", "BudgetAware", *COLD_START_ONLY
 # 1.032 / 1.131.
 CEAL_ARM = Arm(al.strategies.CEAL)
 
+# The earlier behaviour of an option that now defaults to the authors' choice, run side by side with the default
+# on request (`--strategies ... --output DIR`); no setting runs them.
+VARIANT_ARMS = {
+    "BatchBALD-sequential": Arm(
+        functools.partial(
+            al.strategies.BatchBALD, mc_samples=MC_SAMPLES, num_samples=BATCHBALD_SAMPLES, sampling="sequential"
+        )
+    ),
+    "SelectionViaProxy-same-init": Arm(
+        lambda: al.strategies.SelectionViaProxy(
+            al.strategies.LeastConfidence(), MLPClassifier(hidden=PROXY_HIDDEN), fresh_init=False
+        )
+    ),
+}
+
 # Strategy families (one panel each in the plots), Random excepted; an arm appears in one family only.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "uncertainty": tuple(name for name in UNCERTAINTY_ARMS if name != "Random"),
@@ -170,6 +185,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "training dynamics and auxiliary models": tuple(name for name in DYNAMICS_ARMS if name not in UNCERTAINTY_ARMS),
     "hybrid": tuple(HYBRID_ARMS),
     "cold start": tuple(COLD_START_ARMS),
+    "option variants": tuple(VARIANT_ARMS),
 }
 
 ARMS: dict[str, Arm] = {
@@ -181,4 +197,5 @@ ARMS: dict[str, Arm] = {
     "CEAL": CEAL_ARM,
     **HYBRID_ARMS,
     **COLD_START_ARMS,
+    **VARIANT_ARMS,
 }

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 import lightning_al as al
-from benchmarks.arms import ARMS, FAMILIES
+from benchmarks.arms import ARMS, FAMILIES, VARIANT_ARMS
 from benchmarks.curve_summary import summary_table
 from benchmarks.settings import SETTINGS, TARGETS, Setting
 from lightning_al.plotting import plot_learning_curves
@@ -192,6 +192,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Setting, list[str], int]]:
             setting = dataclasses.replace(setting, seeds=args.seeds)
         wanted = args.strategies or setting.arms
         arms = ["Random", *(arm for arm in setting.arms if arm in wanted and arm != "Random")]
+        arms += [arm for arm in VARIANT_ARMS if arm in wanted]  # run only when named
         chosen.append((setting, arms, setting.seeds))
     return chosen
 

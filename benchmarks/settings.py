@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from benchmarks.arms import ARMS, COLD_START_ONLY_ARMS, DIGITS_FEATURE_ARMS
+from benchmarks.arms import ARMS, COLD_START_ONLY_ARMS, DIGITS_FEATURE_ARMS, VARIANT_ARMS
 from benchmarks.glyphs import glyphs
 from lightning_al.datasets import Digits
 
@@ -112,7 +112,7 @@ def imbalanced_digits(rarest_fraction: float = 0.1, seed: int = 0) -> tuple[Data
     return TensorDataset(x_N_D[ids], y_N[ids]), test
 
 
-EVERY_ARM = tuple(arm for arm in ARMS if arm not in COLD_START_ONLY_ARMS)
+EVERY_ARM = tuple(arm for arm in ARMS if arm not in COLD_START_ONLY_ARMS and arm not in VARIANT_ARMS)
 
 SETTINGS: dict[str, Setting] = {
     "digits": Setting(

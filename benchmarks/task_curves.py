@@ -1,4 +1,5 @@
-"""Learning curves on the multi-label and segmentation tasks: Random, Entropy, BALD and CoreSet, 3 seeds.
+"""Learning curves on the multi-label and segmentation tasks: Random, Entropy, BALD, CoreSet and suggestive
+annotation, 3 seeds.
 
 Two settings, both generated locally (nothing is downloaded):
 
@@ -63,6 +64,8 @@ STRATEGIES: dict[str, Callable[[], al.Strategy]] = {
     "Entropy": al.strategies.Entropy,
     "BALD": lambda: al.strategies.BALD(mc_samples=MC_SAMPLES),
     "CoreSet": al.strategies.CoreSet,
+    # The paper's committee (4 networks on bootstrap samples) in the paper's task, segmentation.
+    "SuggestiveAnnotation": al.strategies.SuggestiveAnnotation,
 }
 # Lightning warnings that repeat every fit and say nothing about the benchmark.
 _QUIET = (".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*")
@@ -294,7 +297,9 @@ def report(
         "every strategy) and the training order, so the strategies of one seed start alike. One torch thread per run, "
         f"runs in parallel on the CPU cores. {workers_note} Strategies: Random, Entropy, BALD (T = {MC_SAMPLES} "
         "passes of MC dropout with consistent masks, the default), CoreSet (k-center greedy on the model's embedding: "
-        "the MLP's last hidden layer, or the U-Net head's input averaged over pixels).",
+        "the MLP's last hidden layer, or the U-Net head's input averaged over pixels), SuggestiveAnnotation (4 "
+        "bootstrap members trained every round, the loop's model not among them; their variance averaged over classes "
+        "and labels or pixels, then max-cover on the first member's embedding among the 2k most disputed).",
         "",
         *[setting.describe() + "\n" for setting in chosen],
         "*AULC ÷ Random*: trapezoid area under the learning curve over the number of labels (on the shared label grid) "

@@ -20,7 +20,8 @@ from lightning_al._validation import check_int
 from lightning_al.data.datamodule import ActiveDataModule
 from lightning_al.data.pool import as_id_tensor
 from lightning_al.estimators import Estimator, Softmax
-from lightning_al.estimators.base import TrainFn
+from lightning_al.estimators.base import TrainFn, run_round_seed
+from lightning_al.estimators.ensembles import reinitialise
 from lightning_al.history import scalar_metrics, write_json_atomic
 from lightning_al.oracles import DatasetOracle, LabelsPending, Oracle, PartialLabels, Query, QueryOracle
 from lightning_al.outputs import PROBS, PoolOutputs
@@ -178,7 +179,17 @@ class ActiveLearningLoop:
     def _train_member(self, dm: ActiveDataModule) -> TrainFn:
         """The `TrainFn` for estimators that fit extra modules (the user's callbacks stay out)."""
 
-        def train(module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any) -> None:
+        def train(
+            module: pl.LightningModule,
+            seed: int,
+            *,
+            bootstrap: bool = False,
+            fresh_init: bool = False,
+            **trainer_overrides: Any,
+        ) -> None:
+            if fresh_init:  # a new model this round: weights and fit drawn from the run's seed, the round and ``seed``
+                seed = run_round_seed(self.seed, self.round, seed)
+                reinitialise(module, seed)
             seed_everything(seed, verbose=False)
             kwargs = trainer_args.internal_fit_kwargs(self.trainer_kwargs, **trainer_overrides)
             with trainer_args.quiet_banners():

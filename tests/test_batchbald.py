@@ -163,22 +163,64 @@ def test_sampled_mode_picks_like_exact_on_an_easy_pool():
         assert abs(gains[2].item() - exact_gains[2].item()) < 0.1
 
 
-def test_sampled_estimate_of_the_batch_value_is_unbiased():
+def correlated_pool() -> torch.Tensor:
+    """Four points that split 4 members the same way; points 2 and 3 are twins."""
+    twin = split_members(4, bit=1, confidence=0.8)
+    return torch.stack([split_members(4, bit=1, confidence=0.98), split_members(4, bit=1, confidence=0.9), twin, twin])
+
+
+def sampled_totals(sampling: str, num_samples: int, draws: int = 300) -> np.ndarray:
+    """a(whole correlated pool) estimated by the summed gains, once per generator seed."""
+    totals = []
+    for seed in range(draws):
+        generator = torch.Generator().manual_seed(seed)
+        picks, gains = batchbald_with_gains(correlated_pool(), 4, num_samples, generator, sampling=sampling)
+        assert picks.tolist() == [0, 1, 2, 3]
+        totals.append(gains.sum().item())
+    return np.array(totals)
+
+
+@pytest.mark.parametrize("sampling", ["stratified", "sequential"])
+def test_sampled_estimate_of_the_batch_value_is_unbiased(sampling):
     # N = batch_size, so the set is the whole pool; points 2 and 3 are twins, so the sampled
     # steps' order cannot depend on the draws, and the summed gains estimate a(whole pool).
     # All four split the members the same way, so their labels are strongly correlated: draws
     # that ignored the correlation (labels from the marginals) would be biased by ~18 standard errors.
-    twin = split_members(4, bit=1, confidence=0.8)
-    probs = torch.stack([split_members(4, bit=1, confidence=0.98), split_members(4, bit=1, confidence=0.9), twin, twin])
-    exact = batch_value_reference(probs.numpy(), [0, 1, 2, 3])
-    totals = []
-    for seed in range(300):
-        picks, gains = batchbald_with_gains(probs, 4, num_samples=2, generator=torch.Generator().manual_seed(seed))
-        assert picks.tolist() == [0, 1, 2, 3]
-        totals.append(gains.sum().item())
-    totals = np.array(totals)
+    exact = batch_value_reference(correlated_pool().numpy(), [0, 1, 2, 3])
+    totals = sampled_totals(sampling, num_samples=4)
     assert totals.std() > 1e-3  # the last two steps really were sampled
     assert abs(totals.mean() - exact) < 4 * totals.std() / math.sqrt(len(totals))
+
+
+def test_stratified_draws_have_less_variance_than_random_members():
+    # The same number of draws (4, one per member, vs 4 from members picked at random): fixing how many
+    # configurations each member draws removes the variance of which members draw.
+    stratified, sequential = sampled_totals("stratified", 4), sampled_totals("sequential", 4)
+    assert stratified.var() < 0.75 * sequential.var()
+
+
+def test_stratified_sampling_draws_evenly_per_member_and_redraws_after_every_pick():
+    probs = random_probs(6, 4, 3, seed=2)
+    draws = {}
+    for sampling in ("stratified", "sequential"):
+        joint = batchbald_module._JointLabels(4, 10, torch.device("cpu"), torch.Generator().manual_seed(0), sampling)
+        joint.add(probs[0])
+        joint.add(probs[1])  # 9 configurations: still exact
+        assert joint.exact
+        joint.add(probs[2])  # 27 > 10: sampled from here on
+        first = joint.labels[0].clone()
+        joint.add(probs[3])
+        draws[sampling] = (joint, first)
+    stratified, first = draws["stratified"]
+    assert torch.bincount(stratified.member_S).tolist() == [2, 2, 2, 2]  # 10 // 4 draws per member
+    assert stratified.width == 8 and len(stratified.labels) == 4
+    assert not torch.equal(stratified.labels[0], first)  # every chosen label drawn afresh at the new pick
+    sequential, first = draws["sequential"]
+    assert sequential.width == 10 and torch.equal(sequential.labels[0], first)  # the draws were extended
+    one_per_member = batchbald_module._JointLabels(4, 3, torch.device("cpu"), None, "stratified")
+    for point in probs[:3]:
+        one_per_member.add(point)
+    assert torch.bincount(one_per_member.member_S).tolist() == [1, 1, 1, 1]  # fewer samples than members: one each
 
 
 def test_sampled_mode_is_deterministic_given_the_generator():
@@ -220,6 +262,7 @@ def test_large_pool_runs_in_bounded_chunks(monkeypatch):
         (dict(batch_size=True), TypeError, "batch_size"),
         (dict(batch_size=2, num_samples=0), ValueError, "num_samples"),
         (dict(batch_size=2, generator=0), TypeError, "generator"),
+        (dict(batch_size=2, sampling="exact"), ValueError, r"`sampling` to be one of \['stratified', 'sequential'\]"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, error, match):
@@ -253,7 +296,7 @@ def test_strategy_maps_picks_to_dataset_ids_with_the_gains_as_scores():
     torch.testing.assert_close(selection.scores, gains)
     assert strategy.requires == frozenset({"mc_probs"})
     assert isinstance(strategy.estimator, MCDropout) and strategy.estimator.mc_samples == 6
-    assert repr(strategy) == "BatchBALD(mc_samples=6, num_samples=10000)"
+    assert repr(strategy) == "BatchBALD(mc_samples=6, num_samples=10000, sampling='stratified')"
 
 
 def test_strategy_avoids_the_duplicate_that_top_k_bald_would_take():
@@ -273,6 +316,8 @@ def test_strategy_refuses_bad_arguments():
         BatchBALD(mc_samples=0)
     with pytest.raises(ValueError, match="num_samples"):
         BatchBALD(num_samples=0)
+    with pytest.raises(ValueError, match=r"`sampling` to be one of .* but got 'random'"):
+        BatchBALD(sampling="random")
     outputs = PoolOutputs(ids=torch.arange(3), values={"mc_probs": random_probs(3, 2, 2, seed=0)})
     for k in (0, 4):
         with pytest.raises(ValueError, match="`k`"):

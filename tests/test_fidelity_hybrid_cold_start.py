@@ -1,5 +1,6 @@
 """Fidelity to the papers and the authors' code: suggestive annotation's committee, selection via proxy's
-benchmark arm, TypiClust's selection rules and the L2 normalisation of TypiClust and ProbCover.
+benchmark arm and per-round proxy, TypiClust's selection rules and the L2 normalisation of TypiClust and
+ProbCover.
 
 Each option is checked against a reference written here from the rule it implements.
 """
@@ -10,15 +11,18 @@ import pytest
 import torch
 
 import lightning_al as al
+from lightning_al.datasets import Shapes
 from lightning_al.estimators import DeepEnsemble
 from lightning_al.estimators.base import Softmax
 from lightning_al.functional import typical_clusters as typicality_module
 from lightning_al.functional.clustering import weighted_kmeans
 from lightning_al.functional.coverage import probcover_greedy
 from lightning_al.functional.typical_clusters import typicality, typiclust, typiclust_from_clusters
-from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PoolOutputs
+from lightning_al.models import SmallUNet
+from lightning_al.outputs import EMBEDDINGS, MC_PROBS, VALID, PoolOutputs
 from lightning_al.strategies import LeastConfidence, SuggestiveAnnotation
 from lightning_al.strategies.cold_start import ProbCover, TypiClust
+from lightning_al.tasks import Segmentation
 from tests.conftest import FAST_TRAINER, TinyClassifier
 
 
@@ -124,6 +128,37 @@ def test_suggestive_annotation_matches_a_brute_force_reference():
     assert (selection.ids - 100).tolist() == reference_max_cover(emb, candidates, k)
 
 
+def test_suggestive_annotation_averages_the_member_variance_over_valid_pixels():
+    # The paper's task: segmentation, the FCNs' variance averaged over the image's pixels (here the valid ones).
+    g = torch.Generator().manual_seed(3)
+    n, k = 12, 3
+    mc = torch.softmax(torch.randn(n, 4, 3, 5, 5, generator=g) * 2, dim=2)  # (N, T, C, H, W)
+    valid = torch.rand(n, 5, 5, generator=g) > 0.3
+    emb = torch.randn(n, 6, generator=g)
+    outputs = PoolOutputs(torch.arange(n), {MC_PROBS: mc, EMBEDDINGS: emb, VALID: valid}, task=Segmentation(3))
+    selection = SuggestiveAnnotation(factor=2).select(outputs, k)
+    expected = []
+    for i in range(n):
+        pixels = [(h, w) for h in range(5) for w in range(5) if valid[i, h, w]]
+        per_pixel = [float(mc[i, :, :, h, w].double().var(dim=0, unbiased=False).mean()) for h, w in pixels]
+        expected.append(sum(per_pixel) / len(per_pixel))
+    candidates = sorted(range(n), key=lambda i: (-expected[i], i))[: 2 * k]
+    assert selection.ids.tolist() == reference_max_cover(emb, candidates, k)
+    assert selection.scores.tolist() == pytest.approx([expected[i] for i in selection.ids.tolist()])
+
+
+def test_suggestive_annotation_runs_on_a_segmentation_pool():
+    pool, test = Shapes(16, size=8, seed=0), Shapes(8, size=8, seed=1)
+    dm = al.ActiveDataModule(pool, test_set=test, task=Segmentation(3), batch_size=4, seed=0, initial_labelled=4)
+    strategy = SuggestiveAnnotation(members=2)
+    torch.manual_seed(0)
+    history = al.ActiveLearningLoop(strategy, query_size=3, rounds=1, trainer_kwargs=FAST_TRAINER).run(
+        SmallUNet(num_classes=3, width=4), dm
+    )
+    assert len(set(history[0]["selected_ids"])) == 3 and dm.num_labelled == 7
+    assert "test_miou" in history[-1]
+
+
 def test_suggestive_annotation_trains_four_bootstrap_members_in_the_loop(tiny_data):
     strategy = SuggestiveAnnotation()
     dm = al.ActiveDataModule(tiny_data[0], initial_labelled=12, batch_size=8, seed=0)
@@ -142,11 +177,67 @@ def test_benchmark_arms_take_the_authors_settings():
     assert isinstance(svp.strategy, LeastConfidence)  # the authors' default score
     assert svp.estimator.proxy.hparams.hidden == PROXY_HIDDEN
     assert svp.estimator.trainer_overrides == {}  # the target's schedule
+    assert svp.estimator.fresh_init  # a new proxy every round
     sa = ARMS["SuggestiveAnnotation"].strategy().estimator
     assert (sa.num_members, sa.bootstrap, sa.include_model) == (4, True, False)
     typi = ARMS["TypiClust"].strategy()
     assert (typi.normalize, typi.squared_distances, typi.min_cluster_size, typi.n_init) == (True, True, 6, None)
     assert ARMS["ProbCover"].strategy().normalize
+
+
+class StartRecordingProxy(TinyClassifier):
+    """Keeps a copy of its first layer's weights at the start of every fit."""
+
+    def __init__(self) -> None:
+        super().__init__(hidden=4)
+        self.starts: list[torch.Tensor] = []
+
+    def on_fit_start(self) -> None:
+        self.starts.append(self.net[0].weight.detach().clone())
+
+
+def proxy_starts(tiny_data, fresh_init: bool, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The proxy's weights at the start of its fits (three: two queried rounds and the last), and when given."""
+    torch.manual_seed(0)  # the same given weights in every call
+    proxy = StartRecordingProxy()
+    given = proxy.net[0].weight.detach().clone()
+    strategy = al.strategies.SelectionViaProxy(LeastConfidence(), proxy, proxy_max_epochs=1, fresh_init=fresh_init)
+    dm = al.ActiveDataModule(tiny_data[0], initial_labelled=12, batch_size=8, seed=0)
+    loop = al.ActiveLearningLoop(strategy, query_size=4, rounds=2, seed=seed, trainer_kwargs=FAST_TRAINER)
+    loop.run(TinyClassifier(), dm)
+    return proxy.starts, given
+
+
+def test_selection_via_proxy_draws_a_new_proxy_every_round_from_the_run_seed(tiny_data):
+    # The authors' code builds a new model (fresh random weights) each round; ours draws them from the run's
+    # seed, the round and the estimator's seed: new every round, different between runs, the same on a rerun.
+    starts, given = proxy_starts(tiny_data, fresh_init=True, seed=0)
+    rerun, _ = proxy_starts(tiny_data, fresh_init=True, seed=0)
+    other_run, _ = proxy_starts(tiny_data, fresh_init=True, seed=1)
+    assert len(starts) == 3
+    assert all(not torch.equal(a, b) for i, a in enumerate(starts) for b in starts[i + 1 :])
+    assert not any(torch.equal(s, given) for s in starts)
+    assert all(torch.equal(a, b) for a, b in zip(starts, rerun, strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(starts, other_run, strict=True))
+
+
+def test_selection_via_proxy_without_fresh_init_restarts_from_the_given_weights(tiny_data):
+    starts, given = proxy_starts(tiny_data, fresh_init=False, seed=0)
+    other_run, _ = proxy_starts(tiny_data, fresh_init=False, seed=1)
+    assert len(starts) == 3 and all(torch.equal(s, given) for s in starts)
+    # the run's seed does not reach the proxy
+    assert all(torch.equal(a, b) for a, b in zip(starts, other_run, strict=True))
+
+
+def test_run_round_seed_separates_runs_rounds_and_seeds():
+    from lightning_al.estimators.base import run_round_seed
+
+    triples = [(r, t, s) for r in range(3) for t in range(3) for s in range(3)]
+    seeds = [run_round_seed(*triple) for triple in triples]
+    assert len(set(seeds)) == len(triples) and all(0 <= s < 2**32 for s in seeds)
+    assert run_round_seed(4, 2, 7) == run_round_seed(4, 2, 7) and run_round_seed(-1, 0, 0) >= 0
+    with pytest.raises(TypeError, match="`fresh_init` to be a bool, but got 'yes'"):
+        al.strategies.SelectionViaProxy(LeastConfidence(), TinyClassifier(), fresh_init="yes")
 
 
 # ----- TypiClust ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from torch import Tensor, nn
 
 from lightning_al.estimators.embeddings import capture_embeddings
@@ -19,13 +20,31 @@ class TrainFn(Protocol):
     """Fits ``module`` on the current labelled set with the loop's Trainer arguments.
 
     ``seed`` seeds the fit; ``bootstrap=True`` trains on a resample of the labelled set with
-    replacement (drawn from ``seed``); ``trainer_overrides`` replace Trainer arguments
+    replacement (drawn from ``seed``); ``fresh_init=True`` first draws new initial weights for
+    ``module`` (every layer with ``reset_parameters``), and the weights, the fit and any bootstrap
+    draw then come from `run_round_seed` of the loop's seed, its round and ``seed``, so they
+    differ between rounds and between runs; ``trainer_overrides`` replace Trainer arguments
     (e.g. ``max_epochs`` for a shorter-trained proxy).
     """
 
     def __call__(
-        self, module: pl.LightningModule, seed: int, *, bootstrap: bool = False, **trainer_overrides: Any
+        self,
+        module: pl.LightningModule,
+        seed: int,
+        *,
+        bootstrap: bool = False,
+        fresh_init: bool = False,
+        **trainer_overrides: Any,
     ) -> None: ...
+
+
+def run_round_seed(run_seed: int, round_index: int, seed: int) -> int:
+    """A seed in ``[0, 2**32)`` drawn from the triple (run seed, round, ``seed``): distinct triples, independent draws.
+
+    NumPy's ``SeedSequence`` hashes the triple, so neighbouring seeds and rounds give unrelated streams.
+    """
+    entropy = [value % 2**32 for value in (run_seed, round_index, seed)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class Estimator:

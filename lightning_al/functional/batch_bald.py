@@ -68,10 +68,9 @@ class _JointLabels:
     `P_t(y_A) = \prod_{i \in A} p_t(y_i \mid x_i)` for every configuration
     (``M = C^{|A|}``), and `H[y_x \mid y_A] = H[y_A, y_x] - H[y_A]`.
 
-    Then *sampled*: ``S = num_samples`` configurations `\hat y^s` drawn from the
-    predictive `p(y_A)` (a member `t_s` uniformly, then each label from
-    `p_{t_s}`; later points extend the draws from the same member, so they stay exact
-    draws of the growing joint). Importance weighting (the paper's appendix) gives
+    Then *sampled*: ``S`` configurations `\hat y^s` drawn from the predictive `p(y_A)`, each
+    from one member `t_s` (each label from `p_{t_s}`). Importance weighting (the paper's
+    appendix) gives
 
         H[y_A, y_x] \approx -\frac{1}{S} \sum_s \sum_c \frac{p(\hat y^s, c)}{p(\hat y^s)} \log p(\hat y^s, c),
 
@@ -79,14 +78,33 @@ class _JointLabels:
     difference is `\frac{1}{S}\sum_s H[p(y_x \mid \hat y^s)]`, where
     `p(c \mid \hat y^s) = \sum_t q_{t,s}\, p_t(c)` with `q_{t,s} \propto P_t(\hat y^s)`
     normalised over members (so long batches cannot underflow).
+
+    ``sampling`` chooses how the draws are made; both give exact draws of the joint, so both
+    estimates are unbiased:
+
+    - ``"stratified"`` (the authors' code, batchbald_redux): every member draws the same number
+      ``max(1, num_samples // T)`` of configurations (``S = T * max(1, num_samples // T)``), and
+      all chosen points' labels are drawn afresh after every pick. Stratifying over members
+      removes the variance of which member draws.
+    - ``"sequential"``: ``S = num_samples`` draws, each from a member picked uniformly at random;
+      a later pick extends the existing draws from the same members (one label per draw and pick).
     """
 
-    def __init__(self, num_members: int, num_samples: int, device: torch.device, generator: torch.Generator | None):
+    def __init__(
+        self,
+        num_members: int,
+        num_samples: int,
+        device: torch.device,
+        generator: torch.Generator | None,
+        sampling: str = "stratified",
+    ):
         self.num_members, self.num_samples, self.generator = num_members, num_samples, generator
+        self.sampling = sampling
         self.table_T_M: Tensor | None = torch.ones(num_members, 1, dtype=torch.float64, device=device)
         self.table_entropy = 0.0  # H[y_A] while exact
         self.chosen: list[Tensor] = []  # (T, C) float64 probabilities of each chosen point
         self.member_S: Tensor | None = None
+        self.labels: list[Tensor] = []  # (S,) sampled labels of each chosen point
         self.posterior_T_S: Tensor | None = None  # q_{t,s}
 
     @property
@@ -96,43 +114,64 @@ class _JointLabels:
     @property
     def width(self) -> int:
         """Configurations per candidate: ``M`` (exact) or ``S`` (sampled)."""
-        return self.table_T_M.shape[1] if self.table_T_M is not None else self.num_samples
+        return self.table_T_M.shape[1] if self.table_T_M is not None else self.member_S.numel()
 
     def conditional_entropies(self, probs_n_T_C: Tensor) -> Tensor:
         r"""`H[y_x \mid y_A]` for each candidate ``x`` in the chunk, float64 ``(n,)``."""
         if self.table_T_M is not None:
             # p(y_A, c) = sum_t (P_t(y_A) / T) p_t(c)
             return _entropy_totals(self.table_T_M / self.num_members, probs_n_T_C) - self.table_entropy
-        return _entropy_totals(self.posterior_T_S, probs_n_T_C) / self.num_samples
+        return _entropy_totals(self.posterior_T_S, probs_n_T_C) / self.member_S.numel()
 
     def add(self, probs_T_C: Tensor) -> None:
         """Condition on one more chosen point; switch to sampling once the table would exceed ``num_samples``."""
         self.chosen.append(probs_T_C)
         if self.table_T_M is None:
-            self._extend_samples(probs_T_C)
+            if self.sampling == "stratified":
+                self._draw_all()
+            else:
+                self._extend_samples(probs_T_C)
             return
         width = self.table_T_M.shape[1] * probs_T_C.shape[1]
         if width > self.num_samples:
-            self._start_sampling()
+            self.table_T_M = None
+            self._draw_all()
             return
         self.table_T_M = (self.table_T_M[:, :, None] * probs_T_C[:, None, :]).reshape(self.num_members, width)
         marginal_M = self.table_T_M.mean(dim=0)
         self.table_entropy = float(-torch.special.xlogy(marginal_M, marginal_M).sum())
 
-    def _start_sampling(self) -> None:
+    def _draw_all(self) -> None:
+        """Draw the configurations of every chosen point from scratch."""
         device = self.chosen[0].device
-        self.table_T_M = None
-        self.member_S = torch.randint(self.num_members, (self.num_samples,), generator=self.generator, device=device)
-        shape = (self.num_members, self.num_samples)
+        if self.sampling == "stratified":
+            per_member = max(1, self.num_samples // self.num_members)
+            self.member_S = torch.arange(self.num_members, device=device).repeat_interleave(per_member)
+        else:
+            shape = (self.num_samples,)
+            self.member_S = torch.randint(self.num_members, shape, generator=self.generator, device=device)
+        shape = (self.num_members, self.member_S.numel())
         self.posterior_T_S = torch.full(shape, 1 / self.num_members, dtype=torch.float64, device=device)
+        self.labels = []
         for probs_T_C in self.chosen:
             self._extend_samples(probs_T_C)
 
     def _extend_samples(self, probs_T_C: Tensor) -> None:
         labels_S = torch.multinomial(probs_T_C[self.member_S], 1, generator=self.generator).squeeze(1)
+        self.labels.append(labels_S)
         posterior_T_S = self.posterior_T_S * probs_T_C[:, labels_S]
         # The drawing member gave its label positive probability, so the sum is positive barring underflow.
         self.posterior_T_S = posterior_T_S / posterior_T_S.sum(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+
+
+SAMPLING_SCHEMES = ("stratified", "sequential")
+
+
+def check_sampling(sampling: str) -> str:
+    """``sampling`` if it names a scheme of `_JointLabels`, else a ValueError naming the argument."""
+    if sampling not in SAMPLING_SCHEMES:
+        raise ValueError(f"Expected `sampling` to be one of {list(SAMPLING_SCHEMES)}, but got {sampling!r}.")
+    return sampling
 
 
 def batchbald_with_gains(
@@ -140,6 +179,7 @@ def batchbald_with_gains(
     batch_size: int,
     num_samples: int = 10_000,
     generator: torch.Generator | None = None,
+    sampling: str = "stratified",
 ) -> tuple[Tensor, Tensor]:
     r"""Greedy BatchBALD picks and the acquisition value each pick adds.
 
@@ -147,8 +187,8 @@ def batchbald_with_gains(
     `a(x_{1:n}) - a(x_{1:n-1}) = H[y_n \mid y_{1:n-1}] - \frac{1}{T}\sum_t H[p_t(y_n)]`
     (float64, shape ``(batch_size,)``, nats). The first gain is the first pick's BALD score,
     the gains sum to `a` of the whole batch, and (up to sampling noise) they do not increase.
-    The arguments are those of `batchbald`: ``probs_N_T_C`` ``(N, T, C)``, ``batch_size``, ``num_samples``
-    and ``generator``.
+    The arguments are those of `batchbald`: ``probs_N_T_C`` ``(N, T, C)``, ``batch_size``, ``num_samples``,
+    ``generator`` and ``sampling``.
 
     Returns:
         ``(picks, gains)``: ``LongTensor[batch_size]`` positions in greedy order and their float64 gains.
@@ -163,10 +203,11 @@ def batchbald_with_gains(
         raise ValueError(f"Expected `num_samples` to be at least 1, but got {num_samples}.")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"Expected `generator` to be a torch.Generator or None, but got {type(generator).__name__}.")
+    check_sampling(sampling)
 
     device = probs_N_T_C.device
     conditional_N = _expected_entropy(probs_N_T_C)
-    joint = _JointLabels(num_members, num_samples, device, generator)
+    joint = _JointLabels(num_members, num_samples, device, generator, sampling)
     # Gains computed exactly at an earlier step bound the gains now (submodularity).
     bound_N = torch.full((num_points,), math.inf, dtype=torch.float64, device=device)
     available_N = torch.ones(num_points, dtype=torch.bool, device=device)
@@ -203,6 +244,7 @@ def batchbald(
     batch_size: int,
     num_samples: int = 10_000,
     generator: torch.Generator | None = None,
+    sampling: str = "stratified",
 ) -> Tensor:
     r"""BatchBALD batch acquisition: greedily maximise the joint mutual information of the batch.
 
@@ -213,8 +255,9 @@ def batchbald(
 
     where `p(y_{1:n}) = \frac{1}{T}\sum_t \prod_i p_t(y_i \mid x_i)`. The joint entropy
     is exact while the chosen points have at most ``num_samples`` label configurations
-    (`C^{n-1}`); beyond that it is estimated by importance weighting from
-    ``num_samples`` configurations drawn from the predictive with ``generator``. With
+    (`C^{n-1}`); beyond that it is estimated by importance weighting from about
+    ``num_samples`` configurations drawn from the predictive with ``generator`` (``sampling``
+    says how; by default as the authors' code, stratified over members and redrawn after every pick). With
     ``batch_size = 1`` this is the argmax of BALD, `H[\bar p] - \frac{1}{T}\sum_t H[p_t]`.
 
     Candidates are visited in order of their last exactly computed gain, which bounds the
@@ -230,6 +273,9 @@ def batchbald(
         num_samples: largest exact configuration table, and the number of sampled configurations
             beyond it. A step costs about ``C * T * min(C^(n-1), num_samples)`` per visited candidate.
         generator: randomness of the sampled estimate (unused while the computation is exact).
+        sampling: ``"stratified"`` (the authors': ``max(1, num_samples // T)`` draws per member, all
+            redrawn after every pick) or ``"sequential"`` (``num_samples`` draws from random members,
+            extended pick by pick); see `_JointLabels`.
 
     Returns:
         ``LongTensor`` of shape ``(batch_size,)``: distinct positions into the ``N`` axis, in the
@@ -244,5 +290,7 @@ def batchbald(
         >>> batchbald(torch.stack([a, a, b]), 2)  # top-2 BALD would take the duplicated point twice
         tensor([0, 2])
     """
-    picks, _ = batchbald_with_gains(probs_N_T_C, batch_size, num_samples=num_samples, generator=generator)
+    picks, _ = batchbald_with_gains(
+        probs_N_T_C, batch_size, num_samples=num_samples, generator=generator, sampling=sampling
+    )
     return picks

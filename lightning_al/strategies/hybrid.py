@@ -16,6 +16,7 @@ from lightning_al.functional.hybrid import max_cover_greedy
 from lightning_al.functional.selection import topk_select
 from lightning_al.outputs import EMBEDDINGS, MC_PROBS, PoolOutputs
 from lightning_al.strategies.base import ScoreStrategy, Selection, Strategy, check_query_size
+from lightning_al.tasks import ALL_TASKS
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -132,11 +133,18 @@ class WeightedMix(ScoreStrategy):
         return f"WeightedMix({self.strategies!r}, weights={self.weights})"
 
 
+def _member_variance(probs_M_T_K: Tensor) -> Tensor:
+    """``(M,)``: the variance over the ``T`` members of each outcome's probability, averaged over the ``K`` outcomes."""
+    return probs_M_T_K.double().var(dim=1, unbiased=False).mean(dim=-1)
+
+
 class SuggestiveAnnotation(Strategy):
     """Uncertain by a bootstrap committee's disagreement, then representative by greedy max-cover.
 
     Takes the ``factor · k`` samples whose committee members disagree most (variance of the
-    class probabilities across members, averaged over classes), then greedily picks the
+    class probabilities across members, averaged over classes; for segmentation also averaged
+    over the valid pixels, as the paper, and for multi-label over the labels, by the task's
+    reduction), then greedily picks the
     ``k`` of them that maximise ``sum_{x in pool} max_{s in S} cos(f(x), f(s))`` on the
     embeddings (Yang et al. 2017, "Suggestive Annotation: A Deep Active Learning Framework
     for Biomedical Image Segmentation").
@@ -159,6 +167,7 @@ class SuggestiveAnnotation(Strategy):
     """
 
     requires = frozenset({MC_PROBS, EMBEDDINGS})
+    tasks = ALL_TASKS
 
     def __init__(
         self, factor: int = 2, members: int = 4, include_model: bool = False, estimator: Estimator | None = None
@@ -172,7 +181,7 @@ class SuggestiveAnnotation(Strategy):
     def select(self, outputs: PoolOutputs, k: int, generator: torch.Generator | None = None) -> Selection:
         """``k`` ids by greedy max-cover among the most disputed candidates, with their disagreement as scores."""
         k = check_query_size(k, len(outputs))
-        disagreement = outputs[MC_PROBS].double().var(dim=1, unbiased=False).mean(dim=1)
+        disagreement = outputs.mc_score(_member_variance)
         candidates = topk_select(disagreement, min(len(outputs), self.factor * k))
         picks = max_cover_greedy(outputs[EMBEDDINGS], candidates, k)
         return Selection(ids=outputs.ids[picks], scores=disagreement[picks])
@@ -184,9 +193,11 @@ class SuggestiveAnnotation(Strategy):
 class SelectionViaProxy(Strategy):
     """Let ``strategy`` select with the outputs of a smaller or shorter-trained ``proxy`` model.
 
-    The proxy is re-fitted every round from its initial weights on the labelled set (with
-    ``proxy_max_epochs`` if given) and ``strategy``'s estimator runs on it (Coleman et al.
-    2020, "Selection via Proxy: Efficient Data Selection for Deep Learning"). The loop's model
+    The proxy is re-fitted every round from scratch on the labelled set (with ``proxy_max_epochs``
+    if given) and ``strategy``'s estimator runs on it (Coleman et al. 2020, "Selection via Proxy:
+    Efficient Data Selection for Deep Learning"). As in the authors' code the proxy starts each round
+    from new random weights (``fresh_init=True``, seeded from the run's seed and the round);
+    ``fresh_init=False`` resets it to the weights it was given instead. The loop's model
     is still trained every round and is the one tested. The authors' code scores with least
     confidence by default (``strategy=LeastConfidence()``) and, for active learning, takes a
     shallower network of the same family as the proxy (ResNet-20 for a ResNet-164 target, about
@@ -199,14 +210,17 @@ class SelectionViaProxy(Strategy):
         strategy: the inner strategy (any; the authors' default: ``LeastConfidence()``).
         proxy: the proxy LightningModule.
         proxy_max_epochs: epochs of the proxy's fits (default: the loop's).
+        fresh_init: new random proxy weights every round (the authors') or the given ones every round.
     """
 
-    def __init__(self, strategy: Strategy, proxy: nn.Module, proxy_max_epochs: int | None = None) -> None:
+    def __init__(
+        self, strategy: Strategy, proxy: nn.Module, proxy_max_epochs: int | None = None, fresh_init: bool = True
+    ) -> None:
         check_int("proxy_max_epochs", proxy_max_epochs, 1, optional=True)
         overrides = {} if proxy_max_epochs is None else {"max_epochs": proxy_max_epochs}
         self.strategy = strategy
         self.requires, self.requires_labelled = strategy.requires, strategy.requires_labelled
-        self.estimator = ProxyEstimator(proxy, strategy.estimator or Softmax(), **overrides)
+        self.estimator = ProxyEstimator(proxy, strategy.estimator or Softmax(), fresh_init=fresh_init, **overrides)
 
     def callbacks(self) -> list[pl.Callback]:
         """The inner strategy's callbacks."""
