@@ -43,7 +43,8 @@ class ProxyEstimator(Estimator):
         self.proxy, self.inner, self.seed, self.fresh_init = proxy, inner, seed, fresh_init
         self.trainer_overrides = trainer_overrides
         self.provides = inner.provides
-        self._initial_state = copy.deepcopy(proxy.state_dict())
+        # the weights every fit restarts from, kept only when they are reused
+        self._initial_state = None if fresh_init else copy.deepcopy(proxy.state_dict())
 
     def fit(self, model: pl.LightningModule, train: TrainFn) -> None:
         """Fit the proxy from fresh (or its given) initial weights on the labelled set, then ``inner`` on it."""
